@@ -1,0 +1,1 @@
+"""Megatron-Core extensions: parameter-space vision injection (ROSE; VLoRA and VoRA build on it)."""

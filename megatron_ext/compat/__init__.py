@@ -1,0 +1,1 @@
+"""Environment adapters for Megatron-Core (see cpu.py)."""

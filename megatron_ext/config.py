@@ -1,0 +1,88 @@
+"""ROSE configuration and its start-up validation (DESIGN.md rule 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+# Which Megatron linear each projection lives in, and how that linear is parallelised.
+FUSED_LINEAR = {"q": "linear_qkv", "k": "linear_qkv", "v": "linear_qkv", "o": "linear_proj",
+                "gate": "linear_fc1", "up": "linear_fc1", "down": "linear_fc2"}
+ROW_PARALLEL = ("o", "down")
+
+
+class RoseConfigError(ValueError):
+    """A ROSE setting that cannot work with the model or parallel layout; the message says what to change."""
+
+
+@dataclass
+class RoseConfig:
+    """What the VRMG rotates and how it is built.
+
+    layers: 1-based decoder layer numbers to equip; None means every `every`-th layer
+        (every=4 on a 28-layer model equips 4, 8, ..., 28).
+    projections: any subset of q, k, v, o, gate, up, down.
+    blocks: diagonal blocks per rotation (64 in the paper); each projection's input dimension
+        is split into `blocks` blocks of equal size.
+    """
+
+    visual_dim: int
+    layers: Optional[Sequence[int]] = None
+    every: int = 4
+    projections: Sequence[str] = PROJECTIONS
+    blocks: int = 64
+    generator_width: int = 512
+    generator_heads: int = 8
+
+    def equipped_layers(self, num_layers: int) -> list[int]:
+        if self.layers is not None:
+            return sorted(set(int(l) for l in self.layers))
+        return [l for l in range(1, num_layers + 1) if l % self.every == 0]
+
+    def projection_input_dims(self, tcfg) -> dict[str, int]:
+        """Input dimension d of each projection W in R^{d x n} (the dimension R rotates)."""
+        attn = tcfg.num_attention_heads * tcfg.kv_channels
+        dims = {"q": tcfg.hidden_size, "k": tcfg.hidden_size, "v": tcfg.hidden_size, "o": attn,
+                "gate": tcfg.hidden_size, "up": tcfg.hidden_size, "down": tcfg.ffn_hidden_size}
+        return {p: dims[p] for p in self.projections}
+
+    def block_sizes(self, tcfg) -> dict[str, int]:
+        return {p: d // self.blocks for p, d in self.projection_input_dims(tcfg).items()}
+
+    def validate(self, tcfg) -> None:
+        """Fail at start-up, naming the number to change, instead of deep inside a forward pass."""
+        unknown = [p for p in self.projections if p not in PROJECTIONS]
+        if unknown or not self.projections:
+            raise RoseConfigError(f"rose.projections={list(self.projections)}: each must be one of "
+                                  f"{list(PROJECTIONS)} and at least one is needed")
+        if self.blocks < 1:
+            raise RoseConfigError(f"rose.blocks={self.blocks} must be a positive integer")
+        for p, d in self.projection_input_dims(tcfg).items():
+            if d % self.blocks:
+                raise RoseConfigError(
+                    f"rose.blocks={self.blocks} does not divide the input dimension {d} of projection "
+                    f"'{p}': set rose.blocks to a divisor of {d}")
+            if d // self.blocks < 2:
+                raise RoseConfigError(f"rose.blocks={self.blocks} leaves blocks of size {d // self.blocks} "
+                                      f"for projection '{p}'; a rotation block needs at least 2 dimensions")
+        tp = tcfg.tensor_model_parallel_size
+        if self.blocks % tp:
+            raise RoseConfigError(
+                f"rose.blocks={self.blocks} is not divisible by tensor_model_parallel_size={tp}: each TP "
+                f"rank rotates whole blocks of its shard of o/down; set rose.blocks to a multiple of {tp} "
+                f"or change tensor_model_parallel_size")
+        if "gate" in self.projections and not tcfg.gated_linear_unit:
+            raise RoseConfigError("rose.projections names 'gate' but the model's MLP is not gated "
+                                  "(gated_linear_unit=False): its fc1 is 'up' alone")
+        layers = self.equipped_layers(tcfg.num_layers)
+        bad = [l for l in layers if not 1 <= l <= tcfg.num_layers]
+        if bad:
+            raise RoseConfigError(f"rose.layers={list(layers)} contains {bad}: layers are numbered "
+                                  f"1..{tcfg.num_layers}")
+        if not layers:
+            raise RoseConfigError(f"no layer is equipped: rose.every={self.every} with num_layers="
+                                  f"{tcfg.num_layers}; set rose.layers or a smaller rose.every")
+        if self.generator_width % self.generator_heads:
+            raise RoseConfigError(f"rose.generator_width={self.generator_width} is not divisible by "
+                                  f"rose.generator_heads={self.generator_heads}")

@@ -1,0 +1,33 @@
+"""Megatron TransformerConfig for Qwen2-shaped decoders (RMSNorm, SwiGLU, GQA, QKV bias, RoPE)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def qwen2_transformer_config(llm: dict, tensor_parallel: int = 1, pipeline_parallel: int = 1,
+                             dtype: torch.dtype = torch.float32, **overrides):
+    """llm: num_layers, hidden_size, ffn_hidden_size, num_attention_heads, num_query_groups,
+    and optionally kv_channels, norm_eps. Other TransformerConfig fields go in overrides."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    on_gpu = torch.cuda.is_available()
+    kwargs = dict(
+        num_layers=llm["num_layers"], hidden_size=llm["hidden_size"],
+        ffn_hidden_size=llm["ffn_hidden_size"], num_attention_heads=llm["num_attention_heads"],
+        num_query_groups=llm.get("num_query_groups", llm["num_attention_heads"]),
+        kv_channels=llm.get("kv_channels"),
+        layernorm_epsilon=llm.get("norm_eps", 1e-6),
+        normalization="RMSNorm", gated_linear_unit=True, activation_func=F.silu,
+        add_bias_linear=False, add_qkv_bias=True,
+        attention_dropout=0.0, hidden_dropout=0.0,
+        tensor_model_parallel_size=tensor_parallel, pipeline_model_parallel_size=pipeline_parallel,
+        params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
+        # fused kernels need CUDA; on CPU the unfused paths of the same modules run
+        use_cpu_initialization=not on_gpu, bias_activation_fusion=on_gpu,
+        bias_dropout_fusion=on_gpu, masked_softmax_fusion=on_gpu, apply_rope_fusion=False,
+        persist_layer_norm=on_gpu, gradient_accumulation_fusion=False,
+    )
+    kwargs.update(overrides)
+    return TransformerConfig(**kwargs)

@@ -1,0 +1,95 @@
+"""Block-diagonal Cayley rotations, applied to activations (ROSE, DESIGN.md rules 1-2).
+
+A projection W in R^{d x n} (Megatron stores weight = W^T, shape (n, d)) is rotated per image as
+R_v W, with R_v = diag(R_1, ..., R_nb) and each block R_i = (I + P_i)(I - P_i)^{-1} for a
+skew-symmetric P_i. The layer output is z = (R_v W)^T x = W^T (R_v^T x), so the frozen GEMM is
+kept and only the input is rotated. For skew-symmetric P,
+
+    R^T = (I - P)(I + P)^{-1} = 2 (I + P)^{-1} - I,   hence   R^T x = 2 solve(I + P, x) - x.
+
+That is one batched LU solve per block and sample (all tokens of a sample are right-hand sides of
+the same factorisation), computed in fp32 whatever the activation dtype.
+
+Each block's P is parametrised by T, its strictly-lower-triangular entries in
+`torch.tril_indices(b, b, -1)` order: P[i, j] = T[k] and P[j, i] = -T[k].
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["num_skew_params", "skew_from_tril", "block_cayley", "rotate_transposed",
+           "block_diag_matrix"]
+
+
+def num_skew_params(block_size: int) -> int:
+    """Number of free entries of a block_size x block_size skew-symmetric matrix."""
+    return block_size * (block_size - 1) // 2
+
+
+def skew_from_tril(T: torch.Tensor, block_size: int) -> torch.Tensor:
+    """(..., nb, b(b-1)/2) -> skew-symmetric P of shape (..., nb, b, b)."""
+    if T.shape[-1] != num_skew_params(block_size):
+        raise ValueError(
+            f"T has {T.shape[-1]} entries per block; block_size={block_size} needs "
+            f"{num_skew_params(block_size)}")
+    rows, cols = torch.tril_indices(block_size, block_size, -1, device=T.device)
+    lower = T.new_zeros(*T.shape[:-1], block_size, block_size)
+    lower[..., rows, cols] = T
+    return lower - lower.transpose(-1, -2)
+
+
+def block_cayley(T: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Explicit orthogonal blocks R = (I + P)(I - P)^{-1}, shape (..., nb, b, b), computed in fp32.
+
+    For inspection, export and tests; training never builds R (see rotate_transposed).
+    """
+    P = skew_from_tril(T.float(), block_size)
+    eye = torch.eye(block_size, dtype=P.dtype, device=P.device)
+    # (I + P)(I - P)^{-1} = ((I - P)^{-T} (I + P)^T)^T = solve((I - P)^T, (I + P)^T)^T
+    return torch.linalg.solve((eye - P).transpose(-1, -2), (eye + P).transpose(-1, -2)).transpose(-1, -2)
+
+
+def block_diag_matrix(blocks: torch.Tensor) -> torch.Tensor:
+    """(..., nb, b, b) -> the dense block-diagonal (..., nb*b, nb*b). For tests and merging."""
+    *lead, nb, b, _ = blocks.shape
+    out = blocks.new_zeros(*lead, nb, b, nb, b)
+    idx = torch.arange(nb, device=blocks.device)
+    out[..., idx, :, idx, :] = blocks.movedim(-3, 0) if lead else blocks
+    return out.reshape(*lead, nb * b, nb * b)
+
+
+def rotate_transposed(x: torch.Tensor, T: torch.Tensor, block_size: int) -> torch.Tensor:
+    """R^T x for the block-diagonal R built from T, applied on the last dimension of x.
+
+    Shapes: x is (*X, nb*b) and T is (*B, nb, b(b-1)/2). T's leading dims *B line up with the
+    trailing leading dims of x (numpy-style, right-aligned); leading dims of x beyond them (for
+    Megatron's (seq, batch, hidden) activations with T per sample: the sequence) share one
+    factorisation. So x (s, b, h) with T (b, nb, t) rotates every token of sample i by R_i;
+    T without leading dims rotates all of x by the same R.
+
+    Computed as 2 * solve(I + P, x) - x in fp32, returned in x's dtype; differentiable in x and T.
+    """
+    nb, t = T.shape[-2], T.shape[-1]
+    if x.shape[-1] != nb * block_size:
+        raise ValueError(f"x has {x.shape[-1]} features; {nb} blocks of {block_size} need {nb * block_size}")
+    if t != num_skew_params(block_size):
+        raise ValueError(f"T has {t} entries per block; block_size={block_size} needs {num_skew_params(block_size)}")
+    batch = T.shape[:-2]
+    k = len(batch)
+    lead = x.shape[:-1]
+    if k > len(lead):
+        raise ValueError(f"T has {k} leading dims but x only {len(lead)}")
+    shared = lead[: len(lead) - k]  # dims of x that share one rotation (e.g. the sequence)
+    per = lead[len(lead) - k:]
+
+    # (*shared, *per, nb, b) -> (*per, nb, b, S): tokens become right-hand sides of one solve.
+    xs = x.float().reshape(-1, *per, nb, block_size)
+    xs = xs.permute(*range(1, k + 1), k + 1, k + 2, 0)
+    A = skew_from_tril(T.float(), block_size)
+    A = A + torch.eye(block_size, dtype=A.dtype, device=A.device)
+    A = A.expand(*torch.broadcast_shapes(per, batch), nb, block_size, block_size) if k else A
+    y = 2.0 * torch.linalg.solve(A, xs) - xs
+    # back to (*shared, *per, nb*b)
+    y = y.permute(k + 2, *range(0, k + 2)).reshape(*shared, *per, nb * block_size)
+    return y.to(x.dtype)
