@@ -58,15 +58,14 @@ def fused_to_parts(state_dict: dict, config, equipped_linears: set, tp: int = 1)
 
 def shard_for_rank(full: dict, model: torch.nn.Module, tp_rank: int, tp_size: int) -> dict:
     """Slice a TP=1 state dict (in the model's own layout) to this rank's shards, using Megatron's
-    partition attributes on the model's parameters. Valid for stride-1 partitions, which every
-    ROSE projection and the embedding/output layer use."""
+    partition attributes on the model's parameters. A stride-s partition (Megatron's fused GLU
+    fc1 = [gate; up]) gives each rank its slice of each of the s sub-tensors."""
     params = dict(model.named_parameters())
     out = {}
     for key, t in full.items():
         p = params.get(key)
         if p is not None and getattr(p, "tensor_model_parallel", False) and tp_size > 1:
-            if getattr(p, "partition_stride", 1) != 1:
-                raise ValueError(f"{key}: strided partitions need their own sharding rule")
-            t = t.chunk(tp_size, dim=p.partition_dim)[tp_rank]
-        out[key] = t.clone()
+            dim, stride = p.partition_dim, getattr(p, "partition_stride", 1)
+            t = torch.cat([s.chunk(tp_size, dim=dim)[tp_rank] for s in t.chunk(stride, dim=dim)], dim=dim)
+        out[key] = t.clone() if torch.is_tensor(t) else t
     return out

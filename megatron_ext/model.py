@@ -6,6 +6,7 @@ import logging
 
 import torch
 from megatron.core import parallel_state
+from megatron.core.enums import ModelType
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.module import MegatronModule
 
@@ -34,6 +35,7 @@ class ROSEModel(MegatronModule):
             pre_process = parallel_state.is_pipeline_first_stage()
         if post_process is None:
             post_process = parallel_state.is_pipeline_last_stage()
+        self.model_type = ModelType.encoder_or_decoder  # read by Megatron's pipeline schedules
         self.backend = resolve_backend(backend)
         self.rose = rose
         self.language_model = GPTModel(
@@ -60,3 +62,18 @@ class ROSEModel(MegatronModule):
     def forward(self, input_ids, position_ids, attention_mask, visual_features, labels=None, **kwargs):
         with self.rotations.use(self.rotations_for(visual_features)):
             return self.language_model(input_ids, position_ids, attention_mask, labels=labels, **kwargs)
+
+
+def build_rose(preset: dict, backend: str = "auto", dtype: torch.dtype = torch.float32,
+               config_overrides: dict | None = None, **rose_overrides) -> ROSEModel:
+    """A ROSEModel for this process's tensor/pipeline-parallel rank from a preset (presets.py)."""
+    from megatron_ext.llm_config import qwen2_transformer_config
+    from megatron_ext.presets import rose_config
+
+    llm = preset["llm"]
+    config = qwen2_transformer_config(
+        llm, parallel_state.get_tensor_model_parallel_world_size(),
+        parallel_state.get_pipeline_model_parallel_world_size(), dtype, **(config_overrides or {}))
+    return ROSEModel(config, rose_config(preset, **rose_overrides), llm["vocab_size"],
+                     llm["max_position_embeddings"], backend=backend,
+                     rotary_base=llm.get("rope_theta", 1000000.0))

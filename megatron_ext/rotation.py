@@ -22,6 +22,11 @@ __all__ = ["num_skew_params", "skew_from_tril", "block_cayley", "rotate_transpos
            "block_diag_matrix"]
 
 
+def _solve_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp32/bf16/fp16/fp8 activations (DESIGN.md rule 2); fp64 stays fp64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def num_skew_params(block_size: int) -> int:
     """Number of free entries of a block_size x block_size skew-symmetric matrix."""
     return block_size * (block_size - 1) // 2
@@ -44,7 +49,7 @@ def block_cayley(T: torch.Tensor, block_size: int) -> torch.Tensor:
 
     For inspection, export and tests; training never builds R (see rotate_transposed).
     """
-    P = skew_from_tril(T.float(), block_size)
+    P = skew_from_tril(T.to(_solve_dtype(T.dtype)), block_size)
     eye = torch.eye(block_size, dtype=P.dtype, device=P.device)
     # (I + P)(I - P)^{-1} = ((I - P)^{-T} (I + P)^T)^T = solve((I - P)^T, (I + P)^T)^T
     return torch.linalg.solve((eye - P).transpose(-1, -2), (eye + P).transpose(-1, -2)).transpose(-1, -2)
@@ -55,7 +60,7 @@ def block_diag_matrix(blocks: torch.Tensor) -> torch.Tensor:
     *lead, nb, b, _ = blocks.shape
     out = blocks.new_zeros(*lead, nb, b, nb, b)
     idx = torch.arange(nb, device=blocks.device)
-    out[..., idx, :, idx, :] = blocks.movedim(-3, 0) if lead else blocks
+    out[..., idx, :, idx, :] = blocks.movedim(-3, 0)
     return out.reshape(*lead, nb * b, nb * b)
 
 
@@ -80,16 +85,22 @@ def rotate_transposed(x: torch.Tensor, T: torch.Tensor, block_size: int) -> torc
     lead = x.shape[:-1]
     if k > len(lead):
         raise ValueError(f"T has {k} leading dims but x only {len(lead)}")
+    if any(tb not in (1, xp) for xp, tb in zip(lead[len(lead) - k:], batch)):
+        raise ValueError(f"T's leading dims {tuple(batch)} do not line up with the trailing leading "
+                         f"dims of x {tuple(lead)} (each must match or be 1)")
     shared = lead[: len(lead) - k]  # dims of x that share one rotation (e.g. the sequence)
     per = lead[len(lead) - k:]
 
     # (*shared, *per, nb, b) -> (*per, nb, b, S): tokens become right-hand sides of one solve.
-    xs = x.float().reshape(-1, *per, nb, block_size)
-    xs = xs.permute(*range(1, k + 1), k + 1, k + 2, 0)
-    A = skew_from_tril(T.float(), block_size)
-    A = A + torch.eye(block_size, dtype=A.dtype, device=A.device)
-    A = A.expand(*torch.broadcast_shapes(per, batch), nb, block_size, block_size) if k else A
-    y = 2.0 * torch.linalg.solve(A, xs) - xs
+    dtype = _solve_dtype(torch.promote_types(x.dtype, T.dtype))
+    with torch.autocast(x.device.type, enabled=False):  # the solve stays in fp32 under autocast
+        xs = x.to(dtype).reshape(-1, *per, nb, block_size)
+        xs = xs.permute(*range(1, k + 1), k + 1, k + 2, 0)
+        A = skew_from_tril(T.to(dtype), block_size)
+        A = A + torch.eye(block_size, dtype=dtype, device=A.device)
+        if k:
+            A = A.expand(*torch.broadcast_shapes(per, batch), nb, block_size, block_size)
+        y = 2.0 * torch.linalg.solve(A, xs) - xs
     # back to (*shared, *per, nb*b)
     y = y.permute(k + 2, *range(0, k + 2)).reshape(*shared, *per, nb * block_size)
     return y.to(x.dtype)

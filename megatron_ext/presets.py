@@ -1,0 +1,35 @@
+"""Model presets (configs/model/*.yaml): the LLM shape, the vision width and the ROSE settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from megatron_ext.config import RoseConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "model"
+_LLM_KEYS = {"num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+             "num_query_groups", "kv_channels", "vocab_size", "max_position_embeddings",
+             "rope_theta", "norm_eps"}
+
+
+def load_preset(name_or_path: str) -> dict:
+    """A preset by name ('tiny', 'qwen2.5-7b-rose') or by path to a YAML file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"model preset '{name_or_path}' not found; known presets: {known}")
+    preset = yaml.safe_load(path.read_text())
+    unknown = set(preset.get("llm", {})) - _LLM_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown llm keys {sorted(unknown)}; known: {sorted(_LLM_KEYS)}")
+    return preset
+
+
+def rose_config(preset: dict, **overrides) -> RoseConfig:
+    kwargs = dict(preset.get("rose", {}))
+    kwargs.update(overrides)
+    return RoseConfig(visual_dim=preset["vision"]["hidden_size"], **kwargs)

@@ -1,0 +1,36 @@
+"""Run a function in N processes over gloo (the same Megatron code paths as NCCL on a cluster)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+import torch
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, fn, world_size: int, port: int, outdir: str, kwargs: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)  # two processes share the two cores
+    result = fn(rank, **kwargs)
+    torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
+    from megatron_ext.parallel import shutdown
+    shutdown()
+
+
+def run_distributed(fn, world_size: int = 2, **kwargs) -> list:
+    """fn(rank, **kwargs) runs in each process (module-level, picklable); returns each rank's result."""
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning,ignore::DeprecationWarning")
+    with tempfile.TemporaryDirectory() as outdir:
+        mp.start_processes(_entry, args=(fn, world_size, _free_port(), outdir, kwargs),
+                           nprocs=world_size, start_method="spawn")
+        return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False)
+                for r in range(world_size)]
