@@ -29,6 +29,11 @@ stamp="$VENV/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut 
 if [ ! -f "$stamp" ]; then
   echo "[setup] installing the project with extras [$EXTRAS] (torch pinned to $TORCH_VERSION)"
   "$PY" -m pip install -q -c "$VENV/constraints.txt" -e ".[$EXTRAS]"
+  if [[ ",$EXTRAS," == *",data,"* ]]; then
+    # Stale pins (img2dataset: webdataset<0.3, pandas<3) or unneeded deps (dashscope: only its
+    # qwen.tiktoken file is used): install without deps; the data extra lists what they import.
+    "$PY" -m pip install -q -c "$VENV/constraints.txt" --no-deps img2dataset==1.47.0 dashscope==2.0.2
+  fi
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi

@@ -1,0 +1,1 @@
+"""Data pipeline: download -> recaption -> filter -> shard, on Ray, every sample accounted for."""

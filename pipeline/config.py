@@ -1,0 +1,240 @@
+"""Data-pipeline config: YAML -> typed dataclasses, with messages that name the bad key."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # None: start a local Ray; "auto" or "ray://host:10001": join a cluster
+    num_cpus: Optional[int] = None
+    include_dashboard: bool = False
+    dashboard_host: str = "127.0.0.1"  # loopback unless someone really wants it exposed
+
+
+@dataclass
+class DownloadConfig:
+    image_size: int = 512
+    resize_mode: str = "keep_ratio"  # img2dataset modes: no, keep_ratio, center_crop, border, keep_ratio_largest
+    resize_only_if_bigger: bool = True
+    min_image_size: int = 32
+    max_image_area: int = 40_000_000  # checked from the header, before any decoding (decompression bombs)
+    max_aspect_ratio: float = 20.0
+    samples_per_shard: int = 10_000
+    processes: int = 2
+    threads: int = 32
+    timeout: int = 10
+    retries: int = 1
+    distributor: str = "auto"  # auto: ray when ray.address is set, else multiprocessing
+    encode_quality: int = 95
+
+
+@dataclass
+class VLLMConfig:
+    tensor_parallel_size: int = 1
+    max_model_len: int = 8192
+    gpu_memory_utilization: float = 0.9
+    max_num_seqs: int = 64
+    dtype: str = "auto"
+
+
+@dataclass
+class RecaptionConfig:
+    enabled: bool = True
+    backend: str = "auto"  # auto: vllm when importable with CUDA, else transformers
+    model: Optional[str] = None  # local checkpoint directory (nothing is fetched from a hub)
+    name: Optional[str] = None  # captioner name recorded beside each caption; default: model dir name
+    prompt: str = "detailed"  # a preset from recaption/prompts.py or a literal instruction
+    batch_size: int = 8
+    num_actors: int = 1
+    num_gpus_per_actor: Optional[float] = None  # None: 1 on a GPU backend, 0 on CPU
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    retries: int = 2  # per-sample retries after a batch fails
+    min_pixels: int = 3136
+    max_pixels: int = 802_816  # Qwen2.5-VL's image token budget (pixels), bounds compute per image
+    dtype: str = "auto"
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+
+
+@dataclass
+class ClipConfig:
+    model: Optional[str] = None  # local CLIP checkpoint directory; None disables the CLIP-score filter
+    min_score: float = 0.2
+    batch_size: int = 32
+
+
+@dataclass
+class FilterConfig:
+    text_field: str = "auto"  # auto: the new caption when recaptioned, else the alt-text
+    min_side: int = 32
+    min_long_edge: int = 0  # VoRA keeps images whose longer edge > 448
+    max_aspect_ratio: float = 5.0
+    dedup_exact: bool = True
+    phash_max_distance: Optional[int] = 4  # None disables near-duplicate removal
+    caption_min_words: int = 3
+    caption_max_words: int = 400
+    min_script_ratio: Optional[float] = 0.7  # share of letters in `scripts`; None disables the language check
+    scripts: list = field(default_factory=lambda: ["latin"])
+    max_repeated_ngram_share: Optional[float] = 0.5  # repetition loops; None disables
+    repeat_ngram: int = 3
+    reject_prompt_echo: bool = True
+    clip: ClipConfig = field(default_factory=ClipConfig)
+
+
+@dataclass
+class ShardConfig:
+    samples_per_shard: int = 1000
+    seed: int = 0
+    drop_last: bool = False
+    prefix: str = "train"
+
+
+@dataclass
+class ReportConfig:
+    enabled: bool = True
+    samples: int = 24
+
+
+@dataclass
+class PipelineConfig:
+    input: str = ""
+    output_dir: str = ""
+    url_col: str = "url"
+    caption_col: str = "caption"
+    ray: RayConfig = field(default_factory=RayConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    recaption: RecaptionConfig = field(default_factory=RecaptionConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def stage_dir(self, stage: str) -> str:
+        return os.path.join(self.output_dir, stage)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self, *sections: str) -> str:
+        """Stable hash of the named sections (all when none): goes into manifests."""
+        d = self.to_dict()
+        if sections:
+            d = {k: d[k] for k in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_CHOICES = {
+    ("download", "resize_mode"): {"no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"},
+    ("download", "distributor"): {"auto", "multiprocessing", "ray"},
+    ("recaption", "backend"): {"auto", "transformers", "vllm"},
+    ("filter", "text_field"): {"auto", "caption", "alt_text"},
+}
+
+
+def _build(cls, data: Any, where: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key)
+        else:
+            kwargs[name] = _coerce(value, hint, key)
+    obj = cls(**kwargs)
+    return obj
+
+
+def _coerce(value, hint, key):
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    base = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: must not be null")
+    ok = {
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        bool: lambda v: isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        list: lambda v: isinstance(v, list),
+    }.get(typing.get_origin(base) or base, lambda v: True)
+    if not ok(value):
+        raise ConfigError(f"{key}: expected {getattr(base, '__name__', base)}, got {value!r}")
+    return float(value) if base is float else value
+
+
+def _validate(cfg: PipelineConfig) -> None:
+    if not cfg.input:
+        raise ConfigError("input: required (a parquet or csv file of URLs and alt-texts)")
+    if not cfg.output_dir:
+        raise ConfigError("output_dir: required")
+    for (section, name), choices in _CHOICES.items():
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(f"{section}.{name}: {value!r} is not one of {sorted(choices)}")
+    positive = [("download", "samples_per_shard"), ("download", "processes"), ("download", "threads"),
+                ("download", "image_size"), ("recaption", "batch_size"), ("recaption", "num_actors"),
+                ("recaption", "max_new_tokens"), ("shard", "samples_per_shard"), ("filter", "repeat_ngram")]
+    for section, name in positive:
+        if getattr(getattr(cfg, section), name) <= 0:
+            raise ConfigError(f"{section}.{name}: must be > 0")
+    if cfg.recaption.enabled and not cfg.recaption.model:
+        raise ConfigError("recaption.model: required when recaption.enabled is true (a local checkpoint directory)")
+    if cfg.filter.max_aspect_ratio < 1:
+        raise ConfigError("filter.max_aspect_ratio: must be >= 1")
+    from pipeline.text_checks import SCRIPTS  # late: keeps config importable alone
+    bad = [s for s in cfg.filter.scripts if s not in SCRIPTS]
+    if bad:
+        raise ConfigError(f"filter.scripts: unknown {bad}; known: {sorted(SCRIPTS)}")
+
+
+def from_dict(data: dict, base_dir: str = ".") -> PipelineConfig:
+    cfg = _build(PipelineConfig, data, "")
+    _validate(cfg)
+    # Relative paths in a config file are relative to the working directory the job runs in.
+    return cfg
+
+
+def load(path: str, overrides: Optional[list] = None) -> PipelineConfig:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    for item in overrides or []:
+        _apply_override(data, item)
+    return from_dict(data)
+
+
+def _apply_override(data: dict, item: str) -> None:
+    """`section.key=value` from the command line; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key.path=value")
+    path, raw = item.split("=", 1)
+    node = data
+    parts = path.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = yaml.safe_load(raw)

@@ -1,0 +1,127 @@
+"""Stage 1: URLs -> webdataset shards with img2dataset (multiprocessing locally, its Ray
+distributor on a cluster). Resumes through img2dataset's incremental mode (a shard is done once
+its _stats.json exists) and records a decision for every URL."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import pandas as pd  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from img2dataset.resizer import Resizer  # noqa: E402
+
+from pipeline import accounting  # noqa: E402
+from pipeline.config import PipelineConfig  # noqa: E402
+from pipeline.image_guard import check_bytes  # noqa: E402
+from pipeline.inputs import prepare  # noqa: E402
+from pipeline.stage_io import DOWNLOAD, INPUT, finished_shards  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+class GuardedResizer(Resizer):
+    """img2dataset's resizer behind image_guard's header checks. A subclass (not a wrapper) so
+    img2dataset pickles it into its worker processes or Ray tasks like its own resizer."""
+
+    def __call__(self, img_stream, blurring_bbox_list=None):
+        img_stream.seek(0)
+        reason = check_bytes(img_stream.read(), self.max_image_area)
+        img_stream.seek(0)
+        if reason:
+            return None, None, None, None, None, reason
+        return super().__call__(img_stream, blurring_bbox_list)
+
+
+@contextlib.contextmanager
+def _guarded_resizer():
+    import importlib
+
+    m = importlib.import_module("img2dataset.main")  # the package re-exports a *function* named main
+    original, m.Resizer = m.Resizer, GuardedResizer
+    try:
+        yield
+    finally:
+        m.Resizer = original
+
+
+_REASONS = [  # img2dataset error_message -> stable reason names
+    (re.compile(r"HTTP Error (\d+)"), lambda g: f"http_{g.group(1)}"),
+    (re.compile(r"timed out|timeout", re.I), lambda g: "timeout"),
+    (re.compile(r"image too small"), lambda g: "image_too_small"),
+    (re.compile(r"image area too large"), lambda g: "decompression_bomb"),
+    (re.compile(r"aspect ratio too large"), lambda g: "aspect_ratio_too_large"),
+    (re.compile(r"decod", re.I), lambda g: "decode_error"),
+    (re.compile(r"urlopen error|Connection|Name or service", re.I), lambda g: "unreachable"),
+]
+
+
+def reason_of(error_message) -> str:
+    msg = str(error_message or "unknown")
+    if re.fullmatch(r"[a-z0-9_]+", msg):  # already one of ours (GuardedResizer)
+        return msg
+    for pattern, name in _REASONS:
+        m = pattern.search(msg)
+        if m:
+            return name(m)
+    return "download_error"
+
+
+def collect_decisions(directory: str, expected: pd.DataFrame) -> pd.DataFrame:
+    parts = [pq.read_table(s + ".parquet", columns=["uid", "status", "error_message"]).to_pandas()
+             for s in finished_shards(directory)]
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["uid", "status", "error_message"])
+    ok = df.status == "success"
+    rows = [(int(u), "download", accounting.PASS if s else accounting.DROP, "" if s else reason_of(e))
+            for u, s, e in zip(df.uid, ok, df.error_message)]
+    out = accounting.table(rows).to_pandas()
+    accounting.check_handoff("input", expected.assign(decision=accounting.PASS), "download", out)
+    return out
+
+
+def run(cfg: PipelineConfig) -> pd.DataFrame:
+    """Returns the download stage's decisions (one row per URL handed to img2dataset)."""
+    from img2dataset import download
+
+    in_dir, out_dir = cfg.stage_dir(INPUT), cfg.stage_dir(DOWNLOAD)
+    _, todo = prepare(cfg.input, cfg.url_col, cfg.caption_col, in_dir)
+    d = cfg.download
+    distributor = d.distributor
+    if distributor == "auto":
+        distributor = "ray" if (cfg.ray.address or os.environ.get("RAY_ADDRESS")) else "multiprocessing"
+    if distributor == "ray":
+        from pipeline.ray_setup import init_ray
+        init_ray(cfg.ray)
+    log.info("download: %d URLs -> %s with img2dataset (%s distributor)", len(todo), out_dir, distributor)
+    if len(todo):
+        with _guarded_resizer():
+            download(
+                url_list=os.path.join(in_dir, "to_download.parquet"), input_format="parquet",
+                url_col="url", caption_col="caption", save_additional_columns=["uid"],
+                output_folder=out_dir, output_format="webdataset", encode_format="jpg",
+                encode_quality=d.encode_quality, image_size=d.image_size, resize_mode=d.resize_mode,
+                resize_only_if_bigger=d.resize_only_if_bigger, min_image_size=d.min_image_size,
+                max_image_area=d.max_image_area, max_aspect_ratio=d.max_aspect_ratio,
+                number_sample_per_shard=d.samples_per_shard, processes_count=d.processes,
+                thread_count=d.threads, timeout=d.timeout, retries=d.retries, distributor=distributor,
+                incremental_mode="incremental", enable_wandb=False, extract_exif=False,
+                compute_hash="sha256",
+            )
+    decisions = collect_decisions(out_dir, todo)
+    accounting.write(os.path.join(out_dir, "decisions.parquet"), decisions.itertuples(index=False))
+    log.info("download: %d ok, %d dropped", (decisions.decision == accounting.PASS).sum(),
+             (decisions.decision == accounting.DROP).sum())
+    return decisions
+
+
+def main(argv=None):
+    from pipeline.cli import exit_on_user_error, parse_and_load
+    cfg, _ = parse_and_load(argv, __doc__)
+    exit_on_user_error(run, cfg)
+
+
+if __name__ == "__main__":  # img2dataset spawns workers: they must not re-run this
+    main()

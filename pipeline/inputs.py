@@ -1,0 +1,84 @@
+"""Read the URL list once, give every row a uid (its row number), and stop rows that cannot be
+downloaded or trusted (empty or non-http URL, non-UTF-8 alt-text, repeated URL) with a reason."""
+from __future__ import annotations
+
+import logging
+import os
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from pipeline import accounting
+from pipeline.fsio import write_parquet_atomic
+
+log = logging.getLogger(__name__)
+
+
+def read_raw(path: str, url_col: str, caption_col: str) -> pa.Table:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"input URL list not found: {path!r} (expected a .parquet or .csv file)")
+    if path.endswith(".csv") or path.endswith(".tsv"):
+        # Read text columns as raw bytes so invalid UTF-8 is caught per row, not as a crash.
+        opts = pacsv.ConvertOptions(column_types={url_col: pa.binary(), caption_col: pa.binary()})
+        parse = pacsv.ParseOptions(delimiter="\t" if path.endswith(".tsv") else ",", newlines_in_values=True)
+        t = pacsv.read_csv(path, parse_options=parse, convert_options=opts,
+                           read_options=pacsv.ReadOptions(use_threads=True))
+    elif path.endswith(".parquet"):
+        t = pq.read_table(path)
+    else:
+        raise ValueError(f"input {path!r}: unsupported format; use .parquet, .csv or .tsv")
+    if url_col not in t.column_names:
+        raise ValueError(f"input {path!r} has no URL column {url_col!r}; columns: {t.column_names} "
+                         f"(set url_col in the config)")
+    if caption_col not in t.column_names:
+        log.warning("input has no caption column %r: alt-texts will be empty", caption_col)
+        t = t.append_column(caption_col, pa.nulls(len(t), pa.binary()))
+    return t.select([url_col, caption_col])
+
+
+def _decode(values: pa.ChunkedArray) -> list:
+    """bytes/str -> str, or a _BAD marker for invalid UTF-8; None stays None."""
+    out = []
+    for v in pc.cast(values, pa.binary()).to_pylist():
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            out.append(v.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append(_BAD)
+    return out
+
+
+_BAD = object()
+
+
+def prepare(input_path: str, url_col: str, caption_col: str, out_dir: str):
+    """Writes urls.parquet (every row), decisions.parquet and to_download.parquet (passing rows)."""
+    t = read_raw(input_path, url_col, caption_col)
+    urls, caps = _decode(t.column(url_col)), _decode(t.column(caption_col))
+    seen, rows, keep = set(), [], []
+    for uid, (url, cap) in enumerate(zip(urls, caps)):
+        if url is _BAD or not url or not url.strip().lower().startswith(("http://", "https://")):
+            reason = "invalid_url"
+        elif cap is _BAD:
+            reason = "caption_not_utf8"
+        elif url.strip() in seen:
+            reason = "duplicate_url"
+        else:
+            reason = ""
+            seen.add(url.strip())
+            keep.append((uid, url.strip(), cap or ""))
+        rows.append((uid, "input", accounting.DROP if reason else accounting.PASS, reason))
+    url_text = [u if isinstance(u, str) else None for u in urls]
+    cap_text = [c if isinstance(c, str) else None for c in caps]
+    everything = pd.DataFrame({"uid": range(len(urls)), "url": url_text, "alt_text": cap_text})
+    write_parquet_atomic(os.path.join(out_dir, "urls.parquet"), pa.Table.from_pandas(everything, preserve_index=False))
+    accounting.write(os.path.join(out_dir, "decisions.parquet"), rows)
+    todo = pd.DataFrame(keep, columns=["uid", "url", "caption"])
+    write_parquet_atomic(os.path.join(out_dir, "to_download.parquet"), pa.Table.from_pandas(todo, preserve_index=False))
+    log.info("input: %d rows, %d to download, %d stopped", len(urls), len(keep), len(urls) - len(keep))
+    return everything, todo
