@@ -6,10 +6,6 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
-# Which Megatron linear each projection lives in, and how that linear is parallelised.
-FUSED_LINEAR = {"q": "linear_qkv", "k": "linear_qkv", "v": "linear_qkv", "o": "linear_proj",
-                "gate": "linear_fc1", "up": "linear_fc1", "down": "linear_fc2"}
-ROW_PARALLEL = ("o", "down")
 
 
 class RoseConfigError(ValueError):

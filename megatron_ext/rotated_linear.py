@@ -8,60 +8,19 @@ FP8 and TP communication stay those of the backend.
 A fused projection (q|k|v in linear_qkv, gate|up in linear_fc1) is held as one backend linear per
 part: each part gets its own rotation (DESIGN.md rule 5) and multiplies only its own output columns,
 so the GEMM work equals the fused layer's. Outputs are re-assembled in Megatron's fused layout
-([query group: q heads, k, v] for qkv; [gate, up] per TP rank for fc1) so attention and MLP code is
-untouched.
+(fused_layout.py) so attention and MLP code is untouched.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Optional
 
 import torch
 from torch import nn
 
+from megatron_ext.context import ConditionedLayer, ConditioningContext
+from megatron_ext.fused_layout import fuse, fused_parts, interleave_groups
 from megatron_ext.rotation import rotate_transposed
-
-
-class RotationContext:
-    """Per-micro-batch rotations, set by the model before the decoder runs.
-
-    Holds T[(layer_number, projection)] of shape (batch, blocks, b(b-1)/2) for every equipped
-    projection on this pipeline stage.
-    """
-
-    def __init__(self) -> None:
-        self._T: Optional[dict] = None
-
-    @contextmanager
-    def use(self, T: dict):
-        self._T = T
-        try:
-            yield
-        finally:
-            self._T = None
-
-    def get(self, layer_number: int, projection: str) -> torch.Tensor:
-        if self._T is None:
-            raise RuntimeError(
-                f"layer {layer_number} projection '{projection}' is rotated but no rotations are set: "
-                "run the decoder through ROSEModel.forward (or inside RotationContext.use)")
-        return self._T[(layer_number, projection)]
-
-
-def _fused_parts(name: str, config) -> list[tuple[str, int]]:
-    """Parts of a Megatron linear with their global output sizes, in Megatron's fused order."""
-    if name == "qkv":
-        kv = config.num_query_groups * config.kv_channels
-        return [("q", config.num_attention_heads * config.kv_channels), ("k", kv), ("v", kv)]
-    if name == "fc1":
-        return [("gate", config.ffn_hidden_size), ("up", config.ffn_hidden_size)] \
-            if config.gated_linear_unit else [("up", config.ffn_hidden_size)]
-    if name == "proj":
-        return [("o", None)]
-    if name == "fc2":
-        return [("down", None)]
-    raise ValueError(f"no rotation layout for Megatron linear '{name}'")
 
 
 class _LocalBlocks(torch.autograd.Function):
@@ -71,9 +30,8 @@ class _LocalBlocks(torch.autograd.Function):
     @staticmethod
     def forward(ctx, T, group):
         ctx.group = group
-        world, rank = group.size(), group.rank()
-        n = T.shape[-2] // world
-        return T[..., rank * n:(rank + 1) * n, :].contiguous()
+        n = T.shape[-2] // group.size()
+        return T[..., group.rank() * n:(group.rank() + 1) * n, :].contiguous()
 
     @staticmethod
     def backward(ctx, grad):
@@ -82,7 +40,7 @@ class _LocalBlocks(torch.autograd.Function):
         return torch.cat(parts, dim=-2), None
 
 
-class RotatedLinear(nn.Module):
+class RotatedLinear(nn.Module, ConditionedLayer):
     """A column- or row-parallel linear with per-sample input rotations, one per fused part.
 
     Built by Megatron with the usual linear arguments; the layer spec adds `base` (the backend's
@@ -94,7 +52,7 @@ class RotatedLinear(nn.Module):
                  skip_bias_add: bool, base: type, parallel: str, layer_number: int,
                  rotated: tuple, block_sizes: dict, is_expert: bool = False,
                  tp_comm_buffer_name: Optional[str] = None, tp_group=None, gather_output: bool = False,
-                 input_is_parallel: bool = True, stride: int = 1, **_unused):
+                 input_is_parallel: bool = True, **_megatron_kwargs):
         super().__init__()
         from megatron.core import parallel_state
 
@@ -103,13 +61,11 @@ class RotatedLinear(nn.Module):
         self.config = config
         self.parallel = parallel
         self.layer_number = layer_number
-        self.skip_bias_add = skip_bias_add
         self.block_sizes = dict(block_sizes)
         self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
-        self.tp_size = self.tp_group.size()
-        self.context: Optional[RotationContext] = None  # bound by the model
+        self.context: Optional[ConditioningContext] = None  # bound by the model
 
-        parts = _fused_parts(tp_comm_buffer_name, config)
+        parts = fused_parts(tp_comm_buffer_name, config)
         self.part_names = [p for p, _ in parts]
         self.rotated = tuple(p for p in self.part_names if p in rotated)
         kwargs = dict(config=config, init_method=init_method, bias=bias, skip_bias_add=skip_bias_add,
@@ -120,20 +76,20 @@ class RotatedLinear(nn.Module):
             kwargs["input_is_parallel"] = input_is_parallel
         self.parts = nn.ModuleDict({
             p: base(input_size, size if size is not None else output_size, **kwargs) for p, size in parts})
-        # Query groups interleave q, k and v in the fused qkv output: [g0: q.., k, v | g1: ...].
-        self.groups = (config.num_query_groups // self.tp_size) if tp_comm_buffer_name == "qkv" else 1
+        self.groups = interleave_groups(tp_comm_buffer_name, config, self.tp_group.size())
 
     def _rotation(self, projection: str) -> torch.Tensor:
         if self.context is None:
             raise RuntimeError(f"layer {self.layer_number}: RotatedLinear is not bound to a model's "
-                               "RotationContext; build it through ROSEModel")
+                               "ConditioningContext; build it through ROSEModel")
         T = self.context.get(self.layer_number, projection)
-        if self.parallel == "row" and self.tp_size > 1:
-            T = _LocalBlocks.apply(T, self.tp_group)  # this rank's input shard = its whole blocks
-        elif self.parallel == "column" and self.config.sequence_parallel and self.tp_size > 1:
-            # each rank rotates only its sequence shard, so T's gradient is partial per rank
-            from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
-            T = copy_to_tensor_model_parallel_region(T, group=self.tp_group)
+        if self.tp_group.size() > 1:
+            if self.parallel == "row":
+                T = _LocalBlocks.apply(T, self.tp_group)  # this rank's input shard = its whole blocks
+            elif self.config.sequence_parallel:
+                # each rank rotates only its sequence shard, so T's gradient is partial per rank
+                from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+                T = copy_to_tensor_model_parallel_region(T, group=self.tp_group)
         return T
 
     def forward(self, x: torch.Tensor):
@@ -144,15 +100,8 @@ class RotatedLinear(nn.Module):
             out, bias = linear(xi)
             outs.append(out)
             biases.append(bias)
-        out = self._fuse(outs)
-        bias = None if biases[0] is None else self._fuse(biases)
-        return out, bias
-
-    def _fuse(self, tensors: list) -> torch.Tensor:
-        if len(tensors) == 1:
-            return tensors[0]
-        g = self.groups
-        return torch.cat([t.unflatten(-1, (g, -1)) for t in tensors], dim=-1).flatten(-2)
+        bias = None if biases[0] is None else fuse(biases, self.groups)
+        return fuse(outs, self.groups), bias
 
     def backward_dw(self) -> None:
         for linear in self.parts.values():

@@ -1,15 +1,15 @@
-"""Layer specs: Megatron's own GPT layer specs with the projections of equipped layers swapped for
-RotatedLinear (ModuleSpec substitution, no fork of Megatron's model code).
+"""Layer specs: Megatron's own GPT layer specs with submodules of chosen layers swapped
+(ModuleSpec substitution, no fork of Megatron's model code). Method-specific swaps (ROSE's
+RotatedLinear, LoRA-style layers) are functions `equip(layer_number, spec) -> spec`.
 
 Backends: "local" (Megatron-Core layers; CPU and GPU) and "te" (Transformer Engine; GPU, FP8).
-With TE, the norm that TE fuses into linear_qkv / linear_fc1 is split out into TENorm, because
-the rotation must act on the normalised activations, between the norm and the GEMM.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from typing import Callable, Optional
 
 import torch
 from megatron.core.models.gpt.gpt_layer_specs import (get_gpt_layer_local_spec,
@@ -20,77 +20,80 @@ from megatron.core.transformer.transformer_block import (TransformerBlockSubmodu
                                                          get_num_layers_to_build)
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
-from megatron_ext.config import FUSED_LINEAR, RoseConfig
-from megatron_ext.rotated_linear import RotatedLinear
-
 log = logging.getLogger(__name__)
+
+# projection linears of a layer spec: attribute -> (owner: "attention" | "mlp", parallel mode)
+LINEARS = {"linear_qkv": ("attention", "column"), "linear_proj": ("attention", "row"),
+           "linear_fc1": ("mlp", "column"), "linear_fc2": ("mlp", "row")}
+_logged = set()
 
 
 def resolve_backend(backend: str = "auto") -> str:
     """'auto' picks Transformer Engine when it imports and a GPU is present, else local layers."""
+    choice = backend
     if backend == "auto":
+        choice = "local"
         if torch.cuda.is_available():
             try:
                 import transformer_engine  # noqa: F401
-                backend = "te"
+                choice = "te"
             except ImportError:
-                backend = "local"
-        else:
-            backend = "local"
-    if backend not in ("local", "te"):
+                pass
+    if choice not in ("local", "te"):
         raise ValueError(f"backend={backend!r}: choose 'auto', 'local' or 'te'")
-    return backend
+    if (backend, choice) not in _logged:
+        _logged.add((backend, choice))
+        log.info("linear layers: %s (requested %s)", "Transformer Engine" if choice == "te"
+                 else "Megatron-Core local", backend)
+    return choice
 
 
-def _base_layer_spec(backend: str, qk_layernorm: bool = False) -> ModuleSpec:
+def base_layer_spec(backend: str, qk_layernorm: bool = False) -> ModuleSpec:
+    """A fresh copy of Megatron's GPT layer spec for the backend (safe to modify)."""
     if backend == "te":
-        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
-    return get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=qk_layernorm)
+        spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
+    else:
+        spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=qk_layernorm)
+    return copy.deepcopy(spec)
 
 
-def _linear_classes(backend: str):
+def linear_classes(backend: str) -> dict:
+    """The backend's parallel linear classes by mode ('column', 'row')."""
     if backend == "te":
         from megatron.core.extensions.transformer_engine import (TEColumnParallelLinear,
                                                                  TERowParallelLinear)
-        return TEColumnParallelLinear, TERowParallelLinear
-    return ColumnParallelLinear, RowParallelLinear
+        return {"column": TEColumnParallelLinear, "row": TERowParallelLinear}
+    return {"column": ColumnParallelLinear, "row": RowParallelLinear}
 
 
-def rose_layer_spec(layer_number: int, rose: RoseConfig, config, backend: str) -> ModuleSpec:
-    """Megatron's layer spec for `backend`, with the equipped projections of this layer rotated."""
-    spec = copy.deepcopy(_base_layer_spec(backend, config.qk_layernorm))
-    column, row = _linear_classes(backend)
-    block_sizes = rose.block_sizes(config)
-    attn, mlp = spec.submodules.self_attention.submodules, spec.submodules.mlp.submodules
-    targets = {"linear_qkv": (attn, column, "column"), "linear_proj": (attn, row, "row"),
-               "linear_fc1": (mlp, column, "column"), "linear_fc2": (mlp, row, "row")}
-    for linear, (owner, base, parallel) in targets.items():
-        rotated = tuple(p for p in rose.projections if FUSED_LINEAR[p] == linear)
-        if not rotated:
-            continue
-        setattr(owner, linear, ModuleSpec(module=RotatedLinear, params=dict(
-            base=base, parallel=parallel, layer_number=layer_number, rotated=rotated,
-            block_sizes={p: block_sizes[p] for p in rotated})))
-    if backend == "te":
-        from megatron.core.extensions.transformer_engine import TENorm
-        if any(FUSED_LINEAR[p] == "linear_qkv" for p in rose.projections):
-            spec.submodules.input_layernorm = TENorm
-        if any(FUSED_LINEAR[p] == "linear_fc1" for p in rose.projections):
-            spec.submodules.pre_mlp_layernorm = TENorm
-    return spec
+def linear_owner(spec: ModuleSpec, linear: str):
+    """The submodules object of `spec` that holds `linear` (self-attention or MLP)."""
+    owner = LINEARS[linear][0]
+    sub = spec.submodules.self_attention if owner == "attention" else spec.submodules.mlp
+    return sub.submodules
 
 
-def rose_block_spec(config, rose: RoseConfig, backend: str = "auto", pp_rank=None,
-                    vp_stage=None) -> TransformerBlockSubmodules:
-    """Per-layer specs for the decoder layers this pipeline stage builds."""
-    backend = resolve_backend(backend)
-    rose.validate(config)
-    equipped = set(rose.equipped_layers(config.num_layers))
-    offset = get_transformer_layer_offset(config, vp_stage=vp_stage, pp_rank=pp_rank)
-    count = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
-    plain = _base_layer_spec(backend, config.qk_layernorm)
-    specs = [rose_layer_spec(n, rose, config, backend) if n in equipped else plain
-             for n in range(offset + 1, offset + count + 1)]
+def unfuse_te_norms(spec: ModuleSpec, linears) -> None:
+    """TE fuses the pre-attention/pre-MLP norm into linear_qkv/linear_fc1. A method that must act
+    between the norm and the GEMM replaces those linears, so the norm becomes a TENorm of its own."""
+    from megatron.core.extensions.transformer_engine import TENorm
+
+    if "linear_qkv" in linears:
+        spec.submodules.input_layernorm = TENorm
+    if "linear_fc1" in linears:
+        spec.submodules.pre_mlp_layernorm = TENorm
+
+
+def decoder_block_spec(config, backend: str,
+                       equip: Optional[Callable[[int, ModuleSpec], ModuleSpec]] = None,
+                       equipped: Optional[set] = None, pp_rank=None,
+                       vp_stage=None) -> TransformerBlockSubmodules:
+    """Per-layer specs for the decoder layers this pipeline stage builds; layers in `equipped`
+    (1-based global numbers) get `equip(layer_number, base_layer_spec(backend))`."""
+    equipped = equipped or set()
+    plain = base_layer_spec(backend, config.qk_layernorm)
+    specs = [equip(n, base_layer_spec(backend, config.qk_layernorm)) if n in equipped else plain
+             for n in stage_layers(config, pp_rank=pp_rank, vp_stage=vp_stage)]
     if backend == "te":
         from megatron.core.extensions.transformer_engine import TENorm as final_norm
     else:

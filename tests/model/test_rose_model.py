@@ -66,7 +66,7 @@ def test_fused_qkv_split_into_parts_equals_fused_gemm():
         ours = model.language_model.decoder.layers[1].get_submodule(name)
         ref = plain.decoder.layers[1].get_submodule(name)
         T = {(2, p): torch.zeros(2, 8, 28) for p in ours.part_names}
-        with model.rotations.use(T):
+        with model.conditioning.use(T):
             torch.testing.assert_close(ours(x)[0], ref(x)[0], atol=1e-6, rtol=0)
 
 
@@ -76,7 +76,7 @@ def test_rotated_layer_equals_materialised_rotated_weight():
     g = torch.Generator().manual_seed(3)
     T = {(2, p): torch.randn(2, 8, 28, generator=g) for p in ("q", "k", "v")}
     x = torch.randn(5, 2, model.config.hidden_size)
-    with model.rotations.use(T), torch.no_grad():
+    with model.conditioning.use(T), torch.no_grad():
         out = layer(x)[0]
     expected = []
     for p in ("q", "k", "v"):
@@ -163,5 +163,5 @@ def test_blocks_must_divide_by_tensor_parallel_size():
 def test_rotated_linear_outside_a_model_says_how_to_run_it():
     model = tiny_rose()
     layer = model.language_model.decoder.layers[1].self_attention.linear_qkv
-    with pytest.raises(RuntimeError, match="no rotations are set"):
+    with pytest.raises(RuntimeError, match="needs per-image conditioning but none is set"):
         layer(torch.randn(3, 2, 64))
