@@ -6,7 +6,7 @@ import json
 import logging
 import os
 from collections import Counter
-from typing import Iterable, List, Optional
+from typing import Iterable, List
 
 import pandas as pd
 import pyarrow as pa

@@ -6,7 +6,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import re
+
+if __package__ in (None, ""):  # run as a script, also under `ray job submit --working-dir .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 

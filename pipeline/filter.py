@@ -7,7 +7,11 @@ import hashlib
 import io
 import logging
 import os
+import sys
 import warnings
+
+if __package__ in (None, ""):  # run as a script, also under `ray job submit --working-dir .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pandas as pd
 import pyarrow as pa

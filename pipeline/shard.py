@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+
+if __package__ in (None, ""):  # run as a script, also under `ray job submit --working-dir .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import pandas as pd

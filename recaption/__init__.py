@@ -1,0 +1,1 @@
+"""Captioning backends (vLLM on GPU, transformers anywhere) behind one interface, and prompts."""
