@@ -33,3 +33,22 @@ def rose_config(preset: dict, **overrides) -> RoseConfig:
     kwargs = dict(preset.get("rose", {}))
     kwargs.update(overrides)
     return RoseConfig(visual_dim=preset["vision"]["hidden_size"], **kwargs)
+
+
+def vlora_config(preset: dict, **overrides):
+    """VLoRA settings of a preset (its `vlora:` section) with the vision width."""
+    from megatron_ext.vlora import VLoRAConfig
+
+    kwargs = dict(preset.get("vlora", {}))
+    kwargs.update(overrides)
+    return VLoRAConfig(visual_dim=preset["vision"]["hidden_size"], **kwargs)
+
+
+def vora_config(preset: dict, **overrides):
+    """VoRA settings of a preset (its `vora:` section); the teacher width comes from `vision`."""
+    from megatron_ext.vora import VoRAConfig
+
+    kwargs = dict(preset.get("vora", {}))
+    kwargs.update(overrides)
+    kwargs.setdefault("teacher_dim", preset["vision"]["hidden_size"])
+    return VoRAConfig(**kwargs)

@@ -1,0 +1,213 @@
+"""Low-rank branches on Megatron's parallel linears, PEFT-style: y = x W + scale * (x A) B.
+
+`lora_linear(base, kind)` subclasses the backend's own ColumnParallelLinear/RowParallelLinear (or
+TE's): the fused base weight, its GEMM, FP8 and TP communication stay the backend's, and the
+state-dict keys of the base are those of a plain GPTModel (a Megatron checkpoint loads as is; the
+adapters are the only new keys). A fused linear (q|k|v, gate|up) gets one adapter per part (no
+silent sharing of A between q, k and v), computed as one GEMM for x A and one per part for B, and
+added in Megatron's fused output layout (fused_layout.py).
+
+Tensor parallelism, with W the base weight on this rank:
+- column-parallel (W: out/tp x in): A replicated, B column-sharded like W. x A is computed in full
+  on every rank; its gradient is partial per rank (each sees only its output columns) and is
+  all-reduced (copy_to_tensor_model_parallel_region), so A and x get complete gradients.
+- row-parallel (W: out x in/tp): A row-sharded like W's input, B replicated. Each rank computes
+  x_shard A_shard, a partial sum of x A, all-reduced before B (reduce_from_tensor_model_parallel_region).
+Both give exactly the TP=1 result; the collectives move (tokens x rank) values, not (tokens x h).
+
+Kinds: "lora" (static A, B: VoRA) and "vlora" (A = W_v generated per image and read from the
+model's ConditioningContext, B = W_s: VLoRA).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from megatron_ext.context import ConditionedLayer, ConditioningContext
+from megatron_ext.fused_layout import fuse, fused_parts, interleave_groups
+
+
+def _tp_mark(param: nn.Parameter, dim: Optional[int]) -> nn.Parameter:
+    """Megatron's partition attributes (read by checkpointing, grad-norm and layout.shard_for_rank)."""
+    from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+
+    if dim is None:
+        param.tensor_model_parallel = False
+    else:
+        set_tensor_model_parallel_attributes(param, True, dim, 1)
+    return param
+
+
+class LowRankMixin(ConditionedLayer):
+    """The shared branch of LoRA and VLoRA layers. Set up by `_init_low_rank` after the base linear."""
+
+    def _init_low_rank(self, parallel: str, layer_number: int, rank: int, alpha: Optional[float],
+                       tp_comm_buffer_name: str, tp_group, adapted: Optional[Sequence[str]]) -> None:
+        from megatron.core import parallel_state
+
+        self.parallel = parallel
+        self.layer_number = layer_number
+        self.rank = rank
+        self.scale = (alpha if alpha is not None else rank) / rank
+        self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
+        tp = self.tp_group.size()
+        parts = fused_parts(tp_comm_buffer_name, self.config)
+        self.part_names = [p for p, _ in parts]
+        # parts of a fused linear without an adapter (e.g. VLoRA on q only) add zeros there
+        self.adapted = [p for p in self.part_names if adapted is None or p in adapted]
+        out_full = self.weight.shape[0] * (tp if parallel == "column" else 1)
+        self.out_sizes = {p: (size if size is not None else out_full) // (tp if parallel == "column" else 1)
+                          for p, size in parts}  # this rank's output columns of each part
+        self.in_features = self.weight.shape[1]     # this rank's input size
+        self.groups = interleave_groups(tp_comm_buffer_name, self.config, tp)
+        self.merged = False
+        self.context: Optional[ConditioningContext] = None
+        dtype = self.config.params_dtype
+        # B starts at zero (PEFT, VLoRA's W_s, VoRA): the model is the base LLM at step 0
+        self.lora_B = nn.ParameterDict({
+            p: _tp_mark(nn.Parameter(torch.zeros(n, rank, dtype=dtype, device=self.weight.device)),
+                        0 if parallel == "column" else None)
+            for p, n in self.out_sizes.items() if p in self.adapted})
+
+    # -- the branch ---------------------------------------------------------------------------
+    def lora_A(self) -> torch.Tensor:
+        """(in_local, parts * rank), or per sample (batch, in_local, parts * rank)."""
+        raise NotImplementedError
+
+    def low_rank_delta(self, x: torch.Tensor) -> torch.Tensor:
+        from megatron.core.tensor_parallel import (copy_to_tensor_model_parallel_region,
+                                                   reduce_from_tensor_model_parallel_region)
+
+        A = self.lora_A().to(x.dtype)
+        xa = x @ A if A.dim() == 2 else torch.einsum("sbi,bir->sbr", x, A)  # x: (s, b, in_local)
+        if self.tp_group.size() > 1:
+            xa = copy_to_tensor_model_parallel_region(xa, group=self.tp_group) if self.parallel == "column" \
+                else reduce_from_tensor_model_parallel_region(xa, group=self.tp_group)
+        xa = dict(zip(self.adapted, xa.split(self.rank, dim=-1)))
+        outs = [xa[p] @ self.lora_B[p].to(x.dtype).t() if p in xa
+                else x.new_zeros(*x.shape[:-1], self.out_sizes[p]) for p in self.part_names]
+        return fuse(outs, self.groups) * self.scale
+
+    def delta_weight(self, A: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """scale * (A B)^T in the base weight's local (out, in) layout; A as `lora_A` without batch."""
+        A = self.lora_A() if A is None else A
+        A = dict(zip(self.adapted, A.split(self.rank, dim=-1)))
+        deltas = [A[p] @ self.lora_B[p].t() if p in A else self.weight.new_zeros(self.in_features, n)
+                  for p, n in self.out_sizes.items()]
+        return fuse(deltas, self.groups).t() * self.scale  # (in, out) per part -> fused (out, in)
+
+    def forward(self, x, *args, **kwargs):
+        out, bias = super().forward(x, *args, **kwargs)
+        if not self.merged:
+            out = out + self.low_rank_delta(x)
+        return out, bias
+
+    # -- merge ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge(self, A: Optional[torch.Tensor] = None) -> None:
+        if self.merged:
+            raise RuntimeError(f"layer {self.layer_number}: adapter already merged; unmerge first")
+        self._merged_delta = self.delta_weight(A).to(self.weight.dtype)
+        self.weight.add_(self._merged_delta)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            raise RuntimeError(f"layer {self.layer_number}: adapter is not merged")
+        self.weight.sub_(self._merged_delta)  # the very delta that was added: exact round trip
+        del self._merged_delta
+        self.merged = False
+
+    def adapter_parameters(self):
+        return [p for n, p in self.named_parameters() if n.startswith("lora_")]
+
+
+class LoRAMixin(LowRankMixin):
+    """Static LoRA: A is a parameter per part (Kaiming-uniform like PEFT), B zero."""
+
+    def _init_lora_A(self) -> None:
+        import math
+
+        A = torch.empty(len(self.adapted) * self.rank, self.in_features, dtype=self.config.params_dtype,
+                        device=self.weight.device)
+        for a in A.split(self.rank):
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.lora_A_weight = nn.ParameterDict({
+            p: _tp_mark(nn.Parameter(a.clone()), 1 if self.parallel == "row" else None)
+            for p, a in zip(self.adapted, A.split(self.rank))})
+
+    def lora_A(self) -> torch.Tensor:
+        return torch.cat([self.lora_A_weight[p] for p in self.adapted], dim=0).t()
+
+    def unload(self) -> None:
+        """Fold the adapter into W and turn this module back into the plain backend linear."""
+        if not self.merged:
+            self.merge()
+        del self._merged_delta, self.lora_A_weight, self.lora_B
+        self.__class__ = self._base_class
+
+
+class VLoRAMixin(LowRankMixin):
+    """Perceptual LoRA: A = W_v of the sample's image, from the context; B = W_s, learned per layer."""
+
+    def lora_A(self) -> torch.Tensor:
+        if self.context is None:
+            raise RuntimeError(f"layer {self.layer_number}: VLoRA linear is not bound to a model's "
+                               "ConditioningContext; build it through VLoRAModel")
+        A = torch.cat([self.context.get(self.layer_number, p) for p in self.adapted], dim=-1)
+        if self.parallel == "row" and self.tp_group.size() > 1:
+            # W_v covers the full input; keep this rank's rows. The backward all-gathers, so the
+            # replicated generator sees the gradient of every row on every rank.
+            from megatron.core.tensor_parallel import scatter_to_tensor_model_parallel_region
+            A = scatter_to_tensor_model_parallel_region(A.transpose(-1, -2), group=self.tp_group)
+            A = A.transpose(-1, -2)
+        return A
+
+    def local_rows(self, A: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a full-input W_v (for merging without autograd)."""
+        if self.parallel == "row" and self.tp_group.size() > 1:
+            return A.chunk(self.tp_group.size(), dim=-2)[self.tp_group.rank()]
+        return A
+
+
+_KINDS = {"lora": LoRAMixin, "vlora": VLoRAMixin}
+_CLASSES: dict = {}
+
+
+def lora_linear(base: type, kind: str) -> type:
+    """The backend linear class `base` with a low-rank branch of `kind` ('lora' or 'vlora').
+
+    Built by Megatron from a ModuleSpec with the usual linear arguments plus `parallel`
+    ('column' | 'row'), `layer_number`, `rank`, `alpha` and optionally `adapted` (the parts of a
+    fused linear that get an adapter; default all).
+    """
+    key = (base, kind)
+    if key not in _CLASSES:
+        mixin = _KINDS[kind]
+
+        def __init__(self, input_size, output_size, *, parallel: str, layer_number: int, rank: int,
+                     alpha: Optional[float] = None, adapted: Optional[Sequence[str]] = None, **kwargs):
+            if kwargs.get("gather_output"):
+                raise ValueError(f"{type(self).__name__} keeps Megatron's sharded output (gather_output=False)")
+            base.__init__(self, input_size, output_size, **kwargs)
+            self._init_low_rank(parallel, layer_number, rank, alpha, kwargs.get("tp_comm_buffer_name"),
+                                kwargs.get("tp_group"), adapted)
+            if kind == "lora":
+                self._init_lora_A()
+            if self.config.sequence_parallel:
+                raise NotImplementedError("low-rank branches do not support sequence_parallel yet: the "
+                                          "branch would need the base's sequence gather/scatter")
+
+        cls = type(f"{kind.upper()}{base.__name__}", (mixin, base),
+                   {"__init__": __init__, "_base_class": base, "__module__": __name__})
+        _CLASSES[key] = cls
+    return _CLASSES[key]
+
+
+def low_rank_layers(module: nn.Module, kind: Optional[str] = None) -> list:
+    mixin = _KINDS[kind] if kind else LowRankMixin
+    return [m for m in module.modules() if isinstance(m, mixin)]

@@ -1,0 +1,56 @@
+"""Tiny VLoRA/VoRA models, inputs and weight loading shared by single- and multi-process tests."""
+
+import torch
+
+from megatron_ext.presets import load_preset
+
+VLORA = load_preset("tiny-vlora")
+VORA = load_preset("tiny-vora")
+VOCAB = VLORA["llm"]["vocab_size"]
+
+
+def vlora_inputs(batch=2, seq=16, visual_tokens=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (batch, seq), generator=g)
+    return dict(input_ids=ids, position_ids=torch.arange(seq).expand(batch, seq), attention_mask=None,
+                visual_features=torch.randn(batch, visual_tokens, VLORA["vision"]["hidden_size"], generator=g),
+                labels=torch.roll(ids, -1, dims=1))
+
+
+def randomize(model, names=("lora_B",), seed=0, scale=0.05):
+    """Give zero-initialised adapters (W_s, LoRA B) non-zero values so the branch does something."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if any(n in name for n in names):
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def tiny_vlora(**kwargs):
+    from megatron_ext.vlora import build_vlora
+
+    torch.manual_seed(0)
+    return build_vlora(VLORA, backend="local", **kwargs)
+
+
+def plain_gpt(config, preset=VLORA, seed=1):
+    """Megatron's own GPTModel with the local spec: the base LLM the methods must reproduce."""
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    torch.manual_seed(seed)
+    llm = preset["llm"]
+    return GPTModel(config, get_gpt_layer_local_spec(normalization="RMSNorm"), llm["vocab_size"],
+                    llm["max_position_embeddings"], position_embedding_type="rope",
+                    rotary_base=llm["rope_theta"])
+
+
+def load_base(model, plain) -> None:
+    """Load a plain GPTModel's weights into a LoRA-style model: same keys, adapters stay as they are."""
+    missing, unexpected = model.language_model.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected, unexpected
+    assert all(".lora_" in k or ".aux_head." in k for k in missing), missing
+
+
+def clone_state(model) -> dict:
+    return {k: v.clone() if torch.is_tensor(v) else v for k, v in model.state_dict().items()}
