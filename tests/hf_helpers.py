@@ -1,0 +1,33 @@
+"""Tiny random Hugging Face checkpoints written by the tests themselves."""
+
+from pathlib import Path
+
+import torch
+
+QWEN2_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=250, max_position_embeddings=128,
+                  rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
+
+
+def write_qwen2(path: Path, seed: int = 0, **overrides) -> Path:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = dict(QWEN2_TINY, **overrides)
+    theta = cfg.pop("rope_theta")
+    config = Qwen2Config(**cfg, rope_parameters={"rope_type": "default", "rope_theta": theta})
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():  # random biases too, so the qkv bias mapping is checked
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.02)
+    model.save_pretrained(path)
+    return path
+
+
+def hf_logits(path: Path, input_ids: torch.Tensor) -> torch.Tensor:
+    from transformers import Qwen2ForCausalLM
+
+    model = Qwen2ForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(input_ids).logits
