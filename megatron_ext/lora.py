@@ -84,6 +84,9 @@ class LowRankMixin(ConditionedLayer):
         A = self.lora_A().to(x.dtype)
         xa = x @ A if A.dim() == 2 else torch.einsum("sbi,bir->sbr", x, A)  # x: (s, b, in_local)
         if self.tp_group.size() > 1:
+            # contiguous: Megatron's _reduce all-reduces `input.contiguous()` and returns `input`,
+            # so a strided einsum output would silently stay unreduced
+            xa = xa.contiguous()
             xa = copy_to_tensor_model_parallel_region(xa, group=self.tp_group) if self.parallel == "column" \
                 else reduce_from_tensor_model_parallel_region(xa, group=self.tp_group)
         xa = dict(zip(self.adapted, xa.split(self.rank, dim=-1)))

@@ -54,3 +54,41 @@ def load_base(model, plain) -> None:
 
 def clone_state(model) -> dict:
     return {k: v.clone() if torch.is_tensor(v) else v for k, v in model.state_dict().items()}
+
+
+def run_schedule(model, batches, forward):
+    """Megatron's forward-backward schedule (1F1B under PP) over `batches`; `forward(model, batch)`
+    returns the per-token loss. Returns the losses the last stage reports."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    def forward_step(data_iterator, model):
+        out = forward(model, next(data_iterator))  # every stage reads the whole micro-batch
+        return out, lambda o: (o.mean(), {"loss": o.mean().detach()})
+
+    return get_forward_backward_func()(
+        forward_step_func=forward_step, data_iterator=iter(batches), model=[model],
+        num_microbatches=len(batches), seq_length=batches[0]["input_ids"].shape[1],
+        micro_batch_size=batches[0]["input_ids"].shape[0], forward_only=False)
+
+
+def stage_state_dict(full: dict, model) -> dict:
+    """The entries of a PP=1 state dict that this pipeline stage holds, layers renumbered locally."""
+    from megatron_ext.specs import stage_layers
+
+    layers = list(stage_layers(model.config))
+    own = model.state_dict()
+    local = {}
+    for key, value in full.items():
+        if ".decoder.layers." in key:
+            head, rest = key.split(".decoder.layers.")
+            index, tail = rest.split(".", 1)
+            if int(index) + 1 not in layers:
+                continue
+            key = f"{head}.decoder.layers.{int(index) - (layers[0] - 1)}.{tail}"
+        if key in own:
+            local[key] = value
+    return local
+
+
+def grads(params) -> dict:
+    return {n: p.grad.clone() for n, p in params if p.grad is not None}
