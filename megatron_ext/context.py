@@ -32,6 +32,12 @@ class ConditioningContext:
                 "is set: run the decoder through the model's forward (or inside ConditioningContext.use)")
         return self._values[(layer_number, projection)]
 
+    def get_optional(self, layer_number: int, projection: str, default: Any = None) -> Any:
+        """The entry if this micro-batch has one (e.g. a distillation target), else `default`."""
+        if self._values is None:
+            return default
+        return self._values.get((layer_number, projection), default)
+
 
 class ConditionedLayer:
     """Mixin for layers that read a ConditioningContext; the model binds `context` after building."""

@@ -92,3 +92,54 @@ def stage_state_dict(full: dict, model) -> dict:
 
 def grads(params) -> dict:
     return {n: p.grad.clone() for n, p in params if p.grad is not None}
+
+
+def tiny_vora(**kwargs):
+    from megatron_ext.vora import build_vora
+
+    torch.manual_seed(0)
+    return build_vora(VORA, backend="local", **kwargs)
+
+
+class ToyTeacher(torch.nn.Module):
+    """A frozen stand-in for the ViT: patchify, then one random linear + tanh per block."""
+
+    def __init__(self, blocks=3, width=VORA["vision"]["hidden_size"], patch=VORA["vora"]["patch_size"], seed=7):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.patch = patch
+        self.embed = torch.nn.Parameter(torch.randn(3 * patch * patch, width, generator=g) / (3 * patch * patch) ** 0.5,
+                                        requires_grad=False)
+        self.blocks = torch.nn.ParameterList(
+            torch.nn.Parameter(torch.randn(width, width, generator=g) / width ** 0.5, requires_grad=False)
+            for _ in range(blocks))
+
+    @torch.no_grad()
+    def forward(self, images):
+        x = torch.cat([torch.nn.functional.unfold(i[None], self.patch, stride=self.patch)[0].t() for i in images])
+        x = x @ self.embed
+        feats = []
+        for w in self.blocks:
+            x = torch.tanh(x @ w) + x
+            feats.append(x.clone())
+        return feats
+
+
+def vora_inputs(batch=2, seq=32, seed=0, image_sizes=((16, 16), (8, 12))):
+    """A packed batch: sample 0 holds text, image 0, text, image 1, text; sample 1 is text only
+    except image 2 (if given) at its start. Images are numbered in order of appearance."""
+    g = torch.Generator().manual_seed(seed)
+    p = VORA["vora"]["patch_size"]
+    ids = torch.randint(0, VOCAB, (batch, seq), generator=g)
+    image_ids = torch.full((batch, seq), -1)
+    images = [torch.randn(3, h, w, generator=g) for h, w in image_sizes]
+    n = [(h // p) * (w // p) for h, w in image_sizes]
+    start = 2
+    for j in range(min(2, len(n))):  # two images in sample 0, with text between and after
+        image_ids[0, start:start + n[j]] = j
+        start += n[j] + 2
+    for j in range(2, len(n)):
+        image_ids[1, 1:1 + n[j]] = j
+    assert start <= seq
+    return dict(input_ids=ids, position_ids=torch.arange(seq).expand(batch, seq), images=images,
+                image_ids=image_ids, labels=torch.roll(ids, -1, dims=1))

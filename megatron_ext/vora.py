@@ -1,0 +1,305 @@
+"""VoRA (Wang et al., "Vision as LoRA", section 3) on Megatron-Core.
+
+- Vision embedding: raw pixels -> p x p patches -> linear + RMSNorm + learned positional embedding
+  (bilinearly interpolated to any patch grid) -> linear to the LLM width. Its tokens replace the
+  image positions of the text embedding and enter GPTModel as `decoder_input`.
+- LoRA (lora.py, rank up to 1024) on every linear (q, k, v, o, gate, up, down: one adapter per part)
+  of the first N_vit blocks; in pre-training only LoRA, the embedding and the aux heads train.
+- Attention: bidirectional among the tokens of one image, causal everywhere else (an arbitrary mask:
+  Megatron's local attention on CPU, TE's arbitrary-mask attention on GPU).
+- Block-wise distillation: block i's hidden states at image positions -> AuxHead (RMSNorm + linear)
+  -> 1 - cos against block i of a frozen ViT teacher, averaged over positions and blocks; the total
+  loss is distillation + LM. The distilled blocks may sit on any pipeline stage, so each block adds
+  its loss's gradient where it is computed (like Megatron's MoE aux losses) instead of shipping the
+  loss to the last stage: backward of the LM loss alone trains on the total. `distill_losses` holds
+  the per-block values for logging; `distill_loss_scale` must match the LM loss's micro-batch
+  averaging (Megatron's schedule divides by num_microbatches: set 1 / num_microbatches).
+- Merge: LoRA folded into the base weights, aux heads dropped: a plain GPTModel + the embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_layer import TransformerLayer
+
+from megatron_ext.context import ConditionedLayer
+from megatron_ext.lora import low_rank_layers, lora_linear
+from megatron_ext.model import InjectedGPTModel
+from megatron_ext.specs import LINEARS, linear_classes, linear_owner, unfuse_te_norms
+
+
+class VoRAConfigError(ValueError):
+    """A VoRA setting that cannot work with the model; the message says what to change."""
+
+
+@dataclass
+class VoRAConfig:
+    teacher_dim: int                          # width of the ViT teacher's block features
+    vit_layers: int = 24                      # N_vit: LoRA on blocks 1..N_vit
+    rank: int = 1024
+    alpha: Optional[float] = None             # LoRA scale alpha / rank; None = 1
+    distill_layers: Optional[Sequence[int]] = None  # None = 1..N_vit (block-wise); [N_vit] = last-block
+    patch_size: int = 14
+    image_size: int = 448                     # the positional embedding's native grid
+    embed_width: int = 1536
+    in_channels: int = 3
+    bidirectional: bool = True                # False: causal image attention (the paper's ablation)
+
+    def distilled(self) -> list[int]:
+        return sorted(self.distill_layers) if self.distill_layers is not None \
+            else list(range(1, self.vit_layers + 1))
+
+    def validate(self, tcfg) -> None:
+        if not 1 <= self.vit_layers <= tcfg.num_layers:
+            raise VoRAConfigError(f"vora.vit_layers={self.vit_layers} must be in 1..{tcfg.num_layers}")
+        bad = [l for l in self.distilled() if not 1 <= l <= tcfg.num_layers]
+        if bad:
+            raise VoRAConfigError(f"vora.distill_layers contains {bad}: layers are numbered 1..{tcfg.num_layers}")
+        if self.image_size % self.patch_size:
+            raise VoRAConfigError(f"vora.image_size={self.image_size} is not a multiple of "
+                                  f"vora.patch_size={self.patch_size}")
+        if self.rank < 1:
+            raise VoRAConfigError(f"vora.rank={self.rank} must be positive")
+        if tcfg.sequence_parallel:
+            raise VoRAConfigError("VoRA does not support sequence_parallel yet; set it to False")
+
+
+class VisionEmbedding(nn.Module):
+    """pixels (C, H, W) -> (H/p * W/p, hidden): the only vision parameters left after merging."""
+
+    def __init__(self, vcfg: VoRAConfig, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.patch_size = vcfg.patch_size
+        self.grid = vcfg.image_size // vcfg.patch_size
+        self.patch = nn.Linear(vcfg.in_channels * vcfg.patch_size ** 2, vcfg.embed_width)
+        self.norm = nn.RMSNorm(vcfg.embed_width, eps=eps)
+        self.pos = nn.Parameter(torch.randn(self.grid, self.grid, vcfg.embed_width) * 0.02)
+        self.out = nn.Linear(vcfg.embed_width, hidden_size, bias=False)
+
+    def positions(self, h: int, w: int) -> torch.Tensor:
+        if (h, w) == (self.grid, self.grid):
+            return self.pos.flatten(0, 1)
+        pos = F.interpolate(self.pos.permute(2, 0, 1)[None], size=(h, w), mode="bilinear",
+                            align_corners=False)  # any resolution: resample the learned grid
+        return pos[0].permute(1, 2, 0).flatten(0, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        C, H, W = image.shape
+        p = self.patch_size
+        if H % p or W % p:
+            raise ValueError(f"image of {H}x{W} pixels is not a multiple of the {p}-pixel patch")
+        patches = F.unfold(image[None].to(self.patch.weight.dtype), kernel_size=p, stride=p)[0].t()
+        x = self.norm(self.patch(patches)) + self.positions(H // p, W // p)
+        return self.out(x)
+
+
+class AuxHead(nn.Module):
+    def __init__(self, hidden_size: int, teacher_dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.norm = nn.RMSNorm(hidden_size, eps=eps)
+        self.proj = nn.Linear(hidden_size, teacher_dim)
+
+    def forward(self, h):
+        return self.proj(self.norm(h))
+
+
+class _AddLossGradient(torch.autograd.Function):
+    """Identity on the activations; the backward also starts the aux loss's backward (scaled)."""
+
+    @staticmethod
+    def forward(ctx, output, loss, scale: float):
+        ctx.save_for_backward(loss)
+        ctx.scale = scale
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (loss,) = ctx.saved_tensors
+        return grad, torch.full_like(loss, ctx.scale), None
+
+
+@dataclass
+class DistillTarget:
+    """What a distilled block needs for one micro-batch."""
+    batch_index: torch.Tensor     # (n_image_tokens,) positions of the image tokens, image-major
+    seq_index: torch.Tensor
+    teacher: torch.Tensor         # (n_image_tokens, teacher_dim), same order
+    weight: float                 # 1 / number of distilled blocks
+    scale: float                  # gradient scale (distill_loss_scale)
+    sink: dict                    # layer -> loss (for logging)
+
+
+class DistilledTransformerLayer(TransformerLayer, ConditionedLayer):
+    """Megatron's TransformerLayer plus an AuxHead whose distillation loss is added at this block."""
+
+    def __init__(self, config, submodules, layer_number: int = 1, *, teacher_dim: int, **kwargs):
+        super().__init__(config, submodules, layer_number=layer_number, **kwargs)
+        self.aux_head = AuxHead(config.hidden_size, teacher_dim, eps=config.layernorm_epsilon)
+
+    def forward(self, *args, **kwargs):
+        output, context = super().forward(*args, **kwargs)
+        target = self.context.get_optional(self.layer_number, "distill") if self.context is not None else None
+        if target is not None:
+            h = output.transpose(0, 1)[target.batch_index, target.seq_index]  # output: (s, b, h)
+            pred = self.aux_head(h).float()
+            loss = (1 - F.cosine_similarity(pred, target.teacher.float(), dim=-1)).mean() * target.weight
+            target.sink[self.layer_number] = loss
+            if target.scale:
+                output = _AddLossGradient.apply(output, loss, target.scale)
+        return output, context
+
+
+def vora_attention_mask(image_ids: torch.Tensor, bidirectional: bool = True) -> torch.Tensor:
+    """image_ids (batch, seq): -1 for text, else the image a token belongs to. Returns Megatron's
+    (batch, 1, seq, seq) boolean mask, True = masked: causal, plus every token of an image sees all
+    tokens of the same image."""
+    s = image_ids.shape[1]
+    allowed = torch.ones(s, s, dtype=torch.bool, device=image_ids.device).tril()[None]
+    if bidirectional:
+        same = (image_ids[:, :, None] == image_ids[:, None, :]) & (image_ids[:, :, None] >= 0)
+        allowed = allowed | same
+    return ~allowed[:, None]
+
+
+class VoRAModel(InjectedGPTModel):
+    """A GPTModel with VoRA's vision LoRA, image embedding, image attention mask and distillation."""
+
+    def __init__(self, config, vora: VoRAConfig, vocab_size: int, max_sequence_length: int, **kwargs):
+        vora.validate(config)
+        self.vora = vora
+        # every layer is "equipped": all need the arbitrary-mask attention; LoRA/aux heads where set
+        super().__init__(config, list(range(1, config.num_layers + 1)), vocab_size,
+                         max_sequence_length, **kwargs)
+        self.vision_embedding = VisionEmbedding(vora, config.hidden_size, config.layernorm_epsilon) \
+            if self.pre_process else None
+        self.distill_loss_scale = 1.0
+        self.distill_losses: dict = {}
+
+    def make_generator(self):
+        return None  # VoRA's conditioning is the teacher's features, given as input
+
+    def equip(self, layer_number: int, spec: ModuleSpec) -> ModuleSpec:
+        attention = spec.submodules.self_attention
+        attention.params = dict(attention.params, attn_mask_type=AttnMaskType.arbitrary)
+        if layer_number <= self.vora.vit_layers:
+            classes = linear_classes(self.backend)
+            for linear, (_, parallel) in LINEARS.items():
+                setattr(linear_owner(spec, linear), linear, ModuleSpec(
+                    module=lora_linear(classes[parallel], "lora"), params=dict(
+                        parallel=parallel, layer_number=layer_number, rank=self.vora.rank,
+                        alpha=self.vora.alpha)))
+            if self.backend == "te":
+                unfuse_te_norms(spec, list(LINEARS))
+        if layer_number in self.vora.distilled():
+            spec.module = DistilledTransformerLayer
+            spec.params = dict(spec.params, teacher_dim=self.vora.teacher_dim)
+        return spec
+
+    # -- inputs --------------------------------------------------------------------------------
+    @staticmethod
+    def image_positions(image_ids: torch.Tensor):
+        """(batch_index, seq_index) of every image token, image-major (image 0's tokens in order,
+        then image 1's, ...): the order of the embedding's and the teacher's tokens."""
+        b, s = torch.nonzero(image_ids >= 0, as_tuple=True)
+        order = torch.argsort(image_ids[b, s], stable=True)
+        return b[order], s[order]
+
+    def embed(self, input_ids, position_ids, images, image_ids):
+        """Text embedding with each image's tokens in its positions: (seq, batch, hidden)."""
+        emb = self.language_model.embedding(input_ids=input_ids, position_ids=position_ids)
+        if images is None or len(images) == 0:
+            return emb
+        tokens = torch.cat([self.vision_embedding(img) for img in images]).to(emb.dtype)
+        b, s = self.image_positions(image_ids)
+        if tokens.shape[0] != b.numel():
+            raise ValueError(f"the images give {tokens.shape[0]} tokens but image_ids marks {b.numel()} "
+                             "positions: each image needs (H/p)*(W/p) positions")
+        return emb.transpose(0, 1).index_put((b, s), tokens).transpose(0, 1)
+
+    def forward(self, input_ids, position_ids, attention_mask=None, images=None, image_ids=None,
+                teacher_features=None, labels=None, **kwargs):
+        """images: a list of (C, H, W) pixel tensors (any resolution), numbered by image_ids
+        (batch, seq): -1 for text, j for the tokens of images[j]. teacher_features: one
+        (n_image_tokens, teacher_dim) tensor per distilled block (image-major order), or None."""
+        if image_ids is None:
+            image_ids = torch.full_like(input_ids, -1)
+        if attention_mask is None:  # arbitrary-mask attention never assumes causality by itself
+            attention_mask = vora_attention_mask(image_ids, self.vora.bidirectional)
+        self.distill_losses = {}
+        values = {}
+        if teacher_features is not None:
+            distilled = self.vora.distilled()
+            if len(teacher_features) != len(distilled):
+                raise ValueError(f"{len(teacher_features)} teacher feature tensors for "
+                                 f"{len(distilled)} distilled blocks {distilled}")
+            b, s = self.image_positions(image_ids)
+            for layer, feats in zip(distilled, teacher_features):
+                if layer in self.equipped:
+                    values[(layer, "distill")] = DistillTarget(b, s, feats, 1 / len(distilled),
+                                                               self.distill_loss_scale, self.distill_losses)
+        decoder_input = self.embed(input_ids, position_ids, images, image_ids) if self.pre_process else None
+        with self.conditioning.use(values):
+            return self.language_model(input_ids, position_ids, attention_mask,
+                                       decoder_input=decoder_input, labels=labels, **kwargs)
+
+    def distill_loss(self) -> torch.Tensor | None:
+        """This stage's share of the distillation loss of the last forward (sum over its blocks)."""
+        return sum(self.distill_losses.values()) if self.distill_losses else None
+
+    # -- training and merging ------------------------------------------------------------------
+    def trainable_parameters(self):
+        return [p for n, p in self.named_parameters()
+                if ".lora_" in n or n.startswith("vision_embedding.") or ".aux_head." in n]
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        for layer in low_rank_layers(self.language_model, "lora"):
+            layer.merge()
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        for layer in low_rank_layers(self.language_model, "lora"):
+            layer.unmerge()
+
+    @torch.no_grad()
+    def merge_and_unload(self) -> None:
+        """Fold every LoRA into its base weight and drop the adapters and aux heads: what remains
+        is a plain GPTModel (same state-dict keys) and the vision embedding (paper, Fig. 2b)."""
+        for layer in low_rank_layers(self.language_model, "lora"):
+            layer.unload()
+        for layer in self.language_model.decoder.layers:
+            if isinstance(layer, DistilledTransformerLayer):
+                del layer.aux_head
+                layer.__class__ = TransformerLayer
+
+
+def build_vora(preset: dict, backend: str = "auto", dtype: torch.dtype = torch.float32,
+               config_overrides: dict | None = None, freeze_llm: bool = True, **vora_overrides) -> VoRAModel:
+    """A VoRAModel for this process's TP/PP rank from a preset (presets.py); in pre-training
+    (freeze_llm) only LoRA, the vision embedding and the aux heads train."""
+    from megatron.core import parallel_state
+
+    from megatron_ext.llm_config import qwen2_transformer_config
+    from megatron_ext.presets import vora_config
+
+    llm = preset["llm"]
+    overrides = dict(preset.get("transformer", {}))
+    overrides.update(config_overrides or {})
+    config = qwen2_transformer_config(
+        llm, parallel_state.get_tensor_model_parallel_world_size(),
+        parallel_state.get_pipeline_model_parallel_world_size(), dtype, **overrides)
+    model = VoRAModel(config, vora_config(preset, **vora_overrides), llm["vocab_size"],
+                      llm["max_position_embeddings"], backend=backend,
+                      rotary_base=llm.get("rope_theta", 1000000.0))
+    if freeze_llm:
+        trainable = {id(p) for p in model.trainable_parameters()}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trainable)
+    return model
