@@ -121,7 +121,7 @@ class LowRankMixin(ConditionedLayer):
     def unmerge(self) -> None:
         if not self.merged:
             raise RuntimeError(f"layer {self.layer_number}: adapter is not merged")
-        self.weight.sub_(self._merged_delta)  # the very delta that was added: exact round trip
+        self.weight.sub_(self._merged_delta)  # the delta that was added (round trip to float rounding)
         del self._merged_delta
         self.merged = False
 

@@ -58,7 +58,7 @@ def test_branch_equals_per_sample_materialised_weight():
                 torch.testing.assert_close(out[:, s], x[:, s] @ W.t(), atol=1e-5, rtol=1e-5)
 
 
-def test_merged_image_equals_branch_form_and_unmerges_exactly():
+def test_merged_image_equals_branch_form_and_unmerge_restores_the_weights():
     model = tiny_vlora()
     randomize(model, scale=0.2)
     b = vlora_inputs()

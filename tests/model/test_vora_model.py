@@ -82,7 +82,7 @@ def test_mask_is_what_the_model_attends_with():
         assert (out[img0[-1] + 1:] - ref[img0[-1] + 1:]).abs().max() > 1e-4
 
 
-def test_merged_equals_unmerged_and_unmerge_is_exact():
+def test_merged_equals_unmerged_and_unmerge_restores_the_weights():
     model = tiny_vora()
     randomize(model, scale=0.2)
     b = vora_inputs()
