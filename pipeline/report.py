@@ -63,9 +63,9 @@ def contact_sheet(samples: list, decisions: pd.DataFrame, path: str) -> None:
                     va="center", fontsize=7, family="monospace")
     for ax in axes.ravel():
         ax.axis("off")
-    fig.tight_layout()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph")  # captions in scripts the font lacks
+        fig.tight_layout()
         fig.savefig(path, dpi=80)
     plt.close(fig)
 

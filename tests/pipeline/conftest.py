@@ -1,0 +1,135 @@
+"""Fixtures for the data-pipeline tests: a synthetic web on 127.0.0.1 (with every hostile case),
+one Ray head for the whole session (started like a real cluster, so `ray job submit` and
+subprocess drivers can join it), the tiny offline Qwen2.5-VL, and one full pipeline run."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before anything imports ray
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PY = sys.executable
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Corpus:
+    def __init__(self, url, rows, urls_csv):
+        self.url, self.rows, self.urls_csv = url, rows, urls_csv
+
+    def uid_of(self, path: str) -> int:
+        return next(i for i, r in enumerate(self.rows) if r[0] == path)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    from pipeline.demo_data import Server, build_corpus, write_url_list
+
+    files, rows = build_corpus(n_good=16)
+    d = tmp_path_factory.mktemp("web")
+    with Server(files) as server:
+        path = str(d / "urls.csv")
+        write_url_list(path, server.url, rows)
+        yield Corpus(server.url, rows, path)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """`ray start --head` on loopback in its own process group; killed by group id at the end."""
+    gcs, dash, client, agent = (_free_port() for _ in range(4))
+    temp = tempfile.mkdtemp(prefix="pvray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = dict(os.environ, RAY_AUTH_MODE="token")
+    cmd = [os.path.join(os.path.dirname(PY), "ray"), "start", "--head", "--block", "--num-cpus=2",
+           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+           f"--port={gcs}", f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+           "--node-ip-address=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats"]
+    log = open(os.path.join(temp, "head.log"), "w")
+    head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    old_auth = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"  # clients of a `ray start` head need the token
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break  # it answers (401 without the token): the dashboard is up
+            except Exception:
+                if head.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ray head did not start; see {temp}/head.log")
+                time.sleep(0.5)
+        import ray
+
+        from pipeline.config import RayConfig
+        from pipeline.ray_setup import init_ray
+        init_ray(RayConfig(address=f"127.0.0.1:{gcs}"))
+        yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "temp": temp}
+        ray.shutdown()
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.close()
+        if old_auth is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = old_auth
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(tmp_path_factory):
+    from recaption.tiny import build_tiny_captioner
+    return build_tiny_captioner(str(tmp_path_factory.mktemp("captioner") / "tiny-qwen25vl"))
+
+
+def config_dict(urls_csv, out_dir, model, ray_address=None, **sections):
+    """The demo settings (configs/data/demo_tiny.yaml) with test paths."""
+    with open(os.path.join(REPO, "configs", "data", "demo_tiny.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    cfg.update(input=urls_csv, output_dir=out_dir)
+    cfg["recaption"]["model"] = model
+    cfg["ray"] = {"address": ray_address}
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    return cfg
+
+
+def write_config(path, cfg) -> str:
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def chain(corpus, ray_cluster, tiny_captioner, tmp_path_factory):
+    """One uninterrupted run of every stage, shared by the tests that inspect its output."""
+    from pipeline import run
+    from pipeline.config import from_dict
+
+    out = str(tmp_path_factory.mktemp("chain") / "run")
+    cfg = from_dict(config_dict(corpus.urls_csv, out, tiny_captioner, ray_cluster["gcs"]))
+    summary = run.run(cfg)
+    return cfg, summary
