@@ -123,6 +123,14 @@ def read_at(f, offset: int, size: int) -> bytes:
     return f.read(size)
 
 
+def remove_stale_temps(directory: str) -> int:
+    """Temp files left by a killed writer: never read, removed when a stage starts again."""
+    stale = glob.glob(os.path.join(directory, "*.tmp-*"))
+    for p in stale:
+        os.remove(p)
+    return len(stale)
+
+
 def list_shards(directory: str, pattern: str = "*.tar") -> List[str]:
     """Finished shards only: temp files of an interrupted writer never match."""
     return sorted(p for p in glob.glob(os.path.join(directory, pattern)) if ".tmp-" not in p)

@@ -23,7 +23,7 @@ from tqdm import tqdm  # noqa: E402
 
 from pipeline import accounting  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.fsio import iter_tar, read_at, shard_name, tar_index, write_tar_atomic  # noqa: E402
+from pipeline.fsio import iter_tar, read_at, remove_stale_temps, shard_name, tar_index, write_tar_atomic  # noqa: E402
 from pipeline.samples import parse, sample_key  # noqa: E402
 from pipeline.stage_io import RECAPTION, previous_decisions, source_shards  # noqa: E402
 
@@ -134,6 +134,8 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
     backend = select_backend(rc.backend)
     want = accounting.passed(previous_decisions(cfg, "recaption"))
     shards = source_shards(cfg, "recaption")
+    os.makedirs(cfg.stage_dir(RECAPTION), exist_ok=True)
+    remove_stale_temps(cfg.stage_dir(RECAPTION))
     todo = [s for s in shards if not all(os.path.exists(p) for p in _paths(cfg, s))]
     log.info("recaption: backend=%s (requested %s), model=%s, prompt=%r, %d actors x batch %d; "
              "%d shards, %d finished earlier", backend, rc.backend, rc.model, rc.prompt, rc.num_actors,

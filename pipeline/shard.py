@@ -18,7 +18,7 @@ from tqdm import tqdm
 from pipeline import accounting
 from pipeline.config import PipelineConfig
 from pipeline.dali_index import write_index
-from pipeline.fsio import read_at, shard_name, tar_index, write_bytes_atomic, write_tar_atomic
+from pipeline.fsio import read_at, remove_stale_temps, shard_name, tar_index, write_bytes_atomic, write_tar_atomic
 from pipeline.samples import parse, sample_key
 from pipeline.stage_io import FILTER, SHARD, previous_decisions, source_shards
 
@@ -66,6 +66,7 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
         raise accounting.AccountingError(f"{kept_path} disagrees with the filter's decisions; re-run the filter")
     sc, out = cfg.shard, cfg.stage_dir(SHARD)
     os.makedirs(out, exist_ok=True)
+    remove_stale_temps(out)
     chunks, rest = plan(kept, sc.samples_per_shard, sc.seed, sc.drop_last)
     sources = {shard_name(p): p for p in source_shards(cfg, "filter")}
     indexes, entries = {}, []
