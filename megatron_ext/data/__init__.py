@@ -1,0 +1,1 @@
+"""Training data: samples -> per-DP-rank micro-batches with a resumable position."""

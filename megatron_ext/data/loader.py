@@ -1,0 +1,65 @@
+"""Micro-batches for one data-parallel rank from an indexable dataset and a RankSampler.
+
+A dataset item that is None (a corrupt sample: undecodable image, bad text) is skipped and
+counted; the rank takes its next sample instead, so a bad sample never stops training.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from megatron_ext.data.sampler import RankSampler
+
+log = logging.getLogger(__name__)
+
+
+class MicroBatchLoader:
+    def __init__(self, dataset, sampler: RankSampler, micro_batch_size: int, max_skips: int = 1000):
+        self.dataset, self.sampler, self.mbs = dataset, sampler, micro_batch_size
+        self.corrupt = 0
+        self.max_skips = max_skips
+
+    def _next_sample(self) -> dict:
+        for _ in range(self.max_skips):
+            index = self.sampler.next_index()
+            sample = self.dataset[index]
+            if sample is not None:
+                return sample
+            self.corrupt += 1
+        raise RuntimeError(f"{self.max_skips} corrupt samples in a row: the data is broken, not a sample")
+
+    def next_microbatch(self) -> dict:
+        samples = [self._next_sample() for _ in range(self.mbs)]
+        batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+        seq = batch["input_ids"].shape[1]
+        batch["position_ids"] = torch.arange(seq).expand(self.mbs, seq)
+        return batch
+
+    def state_dict(self) -> dict:
+        return dict(sampler=self.sampler.state_dict(), corrupt=self.corrupt)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.corrupt = int(state["corrupt"])
+
+
+def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int) -> MicroBatchLoader:
+    d = cfg.data
+    if d.kind == "synthetic":
+        from megatron_ext.data.synthetic import SyntheticFeaturePairs
+
+        dataset = SyntheticFeaturePairs(d.pairs, d.seq_length, d.visual_tokens,
+                                        preset["vision"]["hidden_size"], preset["llm"]["vocab_size"],
+                                        seed=d.seed)
+    elif d.kind == "webdataset":
+        from megatron_ext.data.shards import ShardDataset
+        from megatron_ext.data.text import build_tokenizer
+
+        dataset = ShardDataset(d.manifest, build_tokenizer(d.tokenizer), d.prompt, d.seq_length,
+                               d.image_size)
+    else:
+        raise ValueError(f"data.kind={d.kind} has no map-style loader; the DALI path is data/dali.py")
+    return MicroBatchLoader(dataset, RankSampler(len(dataset), dp_rank, dp_size, d.seed),
+                            cfg.train.micro_batch_size)

@@ -1,0 +1,226 @@
+"""Training entry point: S1/S2/S3 of ROSE, VLoRA (and VoRA's trainable sets) on Megatron-Core.
+
+    python -m megatron_ext.train --config configs/train/s1-rose-tiny.yaml train.steps=10
+    torchrun --nproc-per-node 2 -m megatron_ext.train --config configs/train/s1-rose-tiny.yaml parallel.tensor=2
+
+The run directory (log.run_dir) holds config.yaml (resolved), checkpoints/ and metrics.jsonl.
+A run whose run directory has a checkpoint resumes from it (checkpoint.resume); a new stage takes
+the previous stage's weights with train.init_from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from megatron_ext.training.config import ConfigError, TrainConfig, load_config, num_microbatches, validate
+
+log = logging.getLogger("train")
+
+
+class _Preemption:
+    """SIGUSR1/SIGTERM (Slurm's warning before preemption or time limit): save, then exit."""
+
+    def __init__(self):
+        self.flag = False
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._set)
+
+    def _set(self, signum, _frame):
+        log.warning("received signal %d: checkpointing after this step, then exiting", signum)
+        self.flag = True
+
+    def agreed(self) -> bool:
+        t = torch.tensor([1.0 if self.flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+
+def _dtype(cfg: TrainConfig) -> torch.dtype:
+    if cfg.train.dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.train.dtype]
+
+
+def build_model(cfg: TrainConfig, dtype: torch.dtype):
+    from megatron_ext.methods import build_model as build, resolve_preset
+
+    preset = resolve_preset(cfg.model.preset)
+    overrides = {}
+    if cfg.train.fp8:
+        overrides.update(fp8=cfg.train.fp8)
+    torch.manual_seed(cfg.train.seed)
+    return preset, build(preset, method=cfg.model.method, backend=cfg.model.backend, dtype=dtype,
+                         config_overrides=overrides)
+
+
+def _log_trainable(summary: dict, trainable: list) -> None:
+    from megatron.core import parallel_state as ps
+
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(), summary))
+    if dist.get_rank() == 0:
+        for tp, pp, s in gathered:
+            if ps.get_data_parallel_world_size() > 1 and dist.get_rank() != 0:
+                continue
+            parts = ", ".join(f"{g}{'*' if g in trainable else ''} {n} ({e:,})" for g, (n, e) in s.items() if n)
+            log.info("params TP%d/PP%d: %s   (* = trains)", tp, pp, parts)
+
+
+def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
+    """Train per `cfg` in this process (one rank of torchrun or of a test's process group).
+    Returns losses and steps; with keep_model, also the model and, per parameter of this rank,
+    whether it trains and whether this run changed it (tests check trainable sets with it)."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_ext.data.loader import build_loader
+    from megatron_ext.parallel import init_parallel
+    from megatron_ext.training import checkpoint, megatron_cpu, optim, stages
+    from megatron_ext.training.grads import make_finalize
+    from megatron_ext.training.metrics import Metrics, peak_memory_gib
+    from megatron_ext.training.step import NonFiniteLoss, train_step
+
+    on_cpu = megatron_cpu.install()
+    init_parallel(cfg.parallel.tensor, cfg.parallel.pipeline, cfg.train.seed)
+    dp = validate(cfg, dist.get_world_size())
+    rank0 = dist.get_rank() == 0
+    run_dir = Path(cfg.log.run_dir)
+    ckpt_root = run_dir / "checkpoints"
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    dtype = _dtype(cfg)
+    nmb = num_microbatches(cfg, dp)
+
+    preset, model = build_model(cfg, dtype)
+    trainable = cfg.train.trainable or stages.default_trainable(cfg.model.method, cfg.train.stage)
+    summary = stages.apply_trainable(model, trainable)
+    _log_trainable(summary, trainable)
+
+    resume_from = checkpoint.latest(ckpt_root) if cfg.checkpoint.resume else None
+    if resume_from is None and cfg.train.init_from:
+        src = checkpoint.latest(Path(cfg.train.init_from))
+        if src is None:
+            raise ConfigError(f"train.init_from={cfg.train.init_from}: no checkpoint there")
+        info = checkpoint.load_weights(src, model)
+        if rank0:
+            log.info("init_from %s: %d tensors loaded; kept at initialisation: %s", src,
+                     info["loaded"], info["kept_at_init"] or "none")
+    elif resume_from is None and cfg.model.llm_weights:
+        from megatron_ext.hf.qwen2 import load_qwen2
+        load_qwen2(model.language_model, cfg.model.llm_weights)
+
+    ddp = optim.wrap_ddp(model, cfg)
+    optimizer = optim.build_optimizer(ddp, cfg, dtype)
+    scheduler = optim.build_scheduler(optimizer, cfg)
+    model.config.finalize_model_grads_func = make_finalize(model)
+    model.config.grad_scale_func = optimizer.scale_loss
+    loader = build_loader(cfg, preset, ps.get_data_parallel_rank(), dp)
+    if rank0:
+        log.info("method=%s stage=%s trainable=%s | world=%d TP=%d PP=%d DP=%d | global batch %d = "
+                 "%d micro-batches x %d x DP | %s on %s | optimizer: Megatron %s (%s)",
+                 cfg.model.method, cfg.train.stage, trainable, dist.get_world_size(),
+                 cfg.parallel.tensor, cfg.parallel.pipeline, dp, cfg.train.global_batch_size, nmb,
+                 cfg.train.micro_batch_size, dtype, "CPU/gloo" if on_cpu else "CUDA/NCCL",
+                 "distributed optimizer" if cfg.optim.distributed else "optimizer",
+                 type(optimizer).__name__)
+
+    start = 0
+    if resume_from is not None:
+        start = checkpoint.load(resume_from, model, optimizer, scheduler, loader)["step"]
+        if rank0:
+            log.info("resumed from %s at step %d", resume_from, start)
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()} if keep_model else None
+    metrics = Metrics(run_dir, cfg, cfg.train.steps, start, enabled=rank0)
+    preempt = _Preemption()
+    seq = cfg.data.seq_length
+    losses, last_saved = [], start
+    step = start
+    try:
+        while step < cfg.train.steps:
+            step += 1
+            t0 = time.perf_counter()
+            batches = [loader.next_microbatch() for _ in range(nmb)]
+            out = train_step(ddp, optimizer, scheduler, batches, step, nan=cfg.debug.nan_at_step == step)
+            dt = time.perf_counter() - t0
+            losses.append(out["loss"])
+            corrupt = torch.tensor([float(loader.corrupt)])
+            dist.all_reduce(corrupt)  # summed over every process; each DP rank reads its own
+            metrics.step(dict(
+                step=step, loss=out["loss"], lr=out["lr"], grad_norm=out["grad_norm"],
+                samples_per_s=cfg.train.global_batch_size / dt,
+                tokens_per_s=cfg.train.global_batch_size * seq / dt, step_time_s=dt,
+                corrupt_samples=int(corrupt.item()) // (cfg.parallel.tensor * cfg.parallel.pipeline),
+                peak_mem_gib=peak_memory_gib(), consumed_samples=step * cfg.train.global_batch_size))
+            stop = preempt.agreed()
+            if step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop:
+                path = checkpoint.save(ckpt_root, step, model, optimizer, scheduler, loader,
+                                       extra={"stage": cfg.train.stage, "method": cfg.model.method},
+                                       keep=cfg.checkpoint.keep,
+                                       die_midway=cfg.debug.die_in_save_at_step == step)
+                last_saved = step
+                if rank0:
+                    log.info("checkpoint: %s", path)
+            if cfg.debug.exit_after_step == step:  # fault injection (tests): a kill between saves
+                os._exit(19)
+            if stop:
+                if rank0:
+                    log.warning("stopped at step %d for preemption; a requeued job resumes here", step)
+                break
+    except NonFiniteLoss as e:
+        good = checkpoint.latest(ckpt_root)
+        msg = (f"{e}. The run stops; the last good checkpoint is {good} (step {last_saved}). "
+               f"Resume from it with a lower optim.lr or larger optim.warmup_steps, or inspect the data "
+               f"of that step.")
+        if rank0:
+            log.error(msg)
+        metrics.close()
+        raise NonFiniteLoss(msg) from None
+    metrics.close()
+    if rank0:
+        log.info("done: step %d, loss %s -> %s", step, f"{losses[0]:.4f}" if losses else "-",
+                 f"{losses[-1]:.4f}" if losses else "-")
+    result = dict(losses=losses, step=step, start=start, run_dir=str(run_dir))
+    if keep_model:
+        result["model"] = model
+        result["params"] = {n: (p.requires_grad, not torch.equal(before[n], p.detach()))
+                            for n, p in model.named_parameters()}
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="configs/train/<stage>.yaml")
+    ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=10")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    from megatron_ext.parallel import shutdown
+    from megatron_ext.training.step import NonFiniteLoss
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        run(cfg)
+    except ConfigError as e:
+        log.error("config error: %s", e)
+        return 2
+    except NonFiniteLoss:
+        return 3
+    finally:
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training on Megatron-Core: config, trainable sets, optimizer, checkpoints, metrics."""

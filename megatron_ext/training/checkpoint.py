@@ -1,0 +1,143 @@
+"""Sharded checkpoints (megatron.core.dist_checkpointing) that a killed save cannot damage.
+
+Layout under <run_dir>/checkpoints:
+    step_000010/        a complete dist_checkpointing directory (model, optimizer, scheduler,
+                        step, loader position per DP rank, RNG per rank)
+    latest              text file naming the newest complete checkpoint
+A save writes into step_XXXXXX.tmp, renames it into place once every rank has finished, then
+replaces `latest` atomically (write + os.replace). A save killed at any point leaves the previous
+checkpoint and pointer untouched; leftover *.tmp directories are removed by the next save.
+Model tensors are sharded by TP/PP, so a checkpoint written at one layout loads at another
+(weights; the optimizer state is only resumed at the same layout).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron_ext.training.ckpt_layout import per_layer
+
+log = logging.getLogger(__name__)
+# The distributed optimizer's state in canonical (per-parameter, model-space) form, gathered over
+# DP through Megatron's gloo groups: reshardable in TP/PP/DP, and the only non-deprecated format
+# whose gather runs without CUDA ("fully_sharded_model_space" fails in 0.16 on flattened ranges).
+OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable",
+                  "distrib_optim_fully_reshardable_mem_efficient": True}
+
+
+def latest(root: Path) -> Optional[Path]:
+    """The newest complete checkpoint under `root` (a checkpoints dir or a run dir), or None."""
+    root = Path(root)
+    for base in (root, root / "checkpoints"):
+        pointer = base / "latest"
+        if pointer.is_file():
+            path = base / pointer.read_text().strip()
+            if not path.is_dir():
+                raise FileNotFoundError(f"{pointer} names {path}, which does not exist")
+            return path
+    if (root / "metadata.json").is_file():  # a checkpoint directory itself
+        return root
+    return None
+
+
+def _ranks():
+    from megatron.core import parallel_state as ps
+
+    return (ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
+            ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
+
+
+def _state(model, optimizer, scheduler, loader, step: int, is_loading: bool, extra: dict) -> dict:
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    tp, pp, dp_rank, dp = _ranks()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model_sd = per_layer(model.sharded_state_dict())
+    state = {"model": model_sd, "step": step, "extra": extra}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
+                                                          metadata=OPTIM_METADATA)
+        state["scheduler"] = scheduler.state_dict()
+        # one loader position per DP rank (replicated over TP/PP), one RNG state per process
+        state["loader"] = ShardedObject("loader", None if is_loading else loader.state_dict(),
+                                        (dp,), (dp_rank,), replica_id=(0, tp, pp))
+        state["rng"] = ShardedObject("rng", None if is_loading else torch.get_rng_state(),
+                                     (world,), (rank,), replica_id=0)
+    return state
+
+
+def save(root: Path, step: int, model, optimizer, scheduler, loader, extra: dict,
+         keep: int = 2, die_midway: bool = False) -> Path:
+    from megatron.core import dist_checkpointing
+
+    root = Path(root)
+    final, tmp = root / f"step_{step:06d}", root / f"step_{step:06d}.tmp"
+    if dist.get_rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob("*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    dist.barrier()
+    dist_checkpointing.save(_state(model, optimizer, scheduler, loader, step, False, extra), str(tmp))
+    if die_midway:  # fault injection (tests): the data is written, nothing is renamed yet
+        log.error("debug.die_in_save_at_step=%d: exiting in the middle of the save", step)
+        os._exit(17)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        pointer_tmp = root / "latest.tmp"
+        pointer_tmp.write_text(final.name + "\n")
+        os.replace(pointer_tmp, root / "latest")
+        done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def _materialise_optimizer_state(optimizer) -> None:
+    """torch's Adam creates its state (and `step`) lazily; the distributed optimizer's state_dict
+    needs it to exist before a load fills it in. Megatron's own dummy step does that (zero grads;
+    the loaded state and weights replace whatever it touched)."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if hasattr(opt, "_init_optimizer_states_with_dummy_values") and not opt.optimizer.state:
+            opt._init_optimizer_states_with_dummy_values()
+
+
+def load(path: Path, model, optimizer, scheduler, loader) -> dict:
+    """Everything back (same TP/PP/DP layout): returns {"step", "extra"}."""
+    from megatron.core import dist_checkpointing
+
+    _materialise_optimizer_state(optimizer)
+    state = dist_checkpointing.load(_state(model, optimizer, scheduler, loader, 0, True, {}), str(path))
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    loader.load_state_dict(state["loader"])
+    torch.set_rng_state(state["rng"])
+    return {"step": int(state["step"]), "extra": state["extra"]}
+
+
+def load_weights(path: Path, model) -> dict:
+    """Model weights only, at any TP/PP layout (stage chaining, resharding). Parameters the
+    checkpoint does not have (a part new to this stage) keep their initialisation and are listed."""
+    from megatron.core import dist_checkpointing
+
+    sharded = {"model": per_layer(model.sharded_state_dict())}
+    saved = set(dist_checkpointing.load_tensors_metadata(str(path)))
+    present = {k: v for k, v in sharded["model"].items() if getattr(v, "key", k) in saved}
+    missing = sorted(k for k in sharded["model"] if k not in present)
+    state = dist_checkpointing.load({"model": present}, str(path))
+    result = model.load_state_dict(state["model"], strict=False)
+    # Megatron's extra state entries (e.g. `_extra_state`) may be absent; real tensors may not be
+    absent = [k for k in result.missing_keys if not k.endswith("_extra_state") and k in missing]
+    return {"loaded": len(present), "kept_at_init": absent}

@@ -1,0 +1,71 @@
+"""One checkpoint tensor per decoder layer instead of Megatron's layer-stacked tensors.
+
+Megatron's TransformerBlock stacks layer i's `...linear_proj.weight` into one global tensor with a
+leading layer axis; dist_checkpointing then requires every layer to provide it. With injection,
+equipped layers hold their linears per fused part (`linear_proj.parts.o.weight`, ROSE) and the
+stacked tensors have holes, so the save is rejected. Keyed per layer
+(`decoder.layers.<global layer>.self_attention.linear_proj.weight`), every tensor is complete,
+and the layer index stays global, so checkpoints still reshard across TP and PP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+_MARK = "decoder.layers."
+
+
+def _relabel_key(key: str, layer: int) -> str:
+    return key.replace(_MARK, f"{_MARK}{layer}.", 1)
+
+
+def _relabel(sh):
+    from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
+
+    if isinstance(sh, ShardedTensor) and _MARK in sh.key and sh.prepend_axis_num >= 1:
+        layer = sh.global_offset[0]
+        return dataclasses.replace(
+            sh, key=_relabel_key(sh.key, layer), global_shape=(1,) + tuple(sh.global_shape[1:]),
+            global_offset=(0,) + tuple(sh.global_offset[1:]),
+            axis_fragmentations=(1,) + tuple(sh.axis_fragmentations[1:]))
+    if isinstance(sh, ShardedObject) and _MARK in sh.key and len(sh.global_shape) >= 1:
+        layer = sh.global_offset[0]
+        return dataclasses.replace(sh, key=_relabel_key(sh.key, layer),
+                                   global_shape=(1,) + tuple(sh.global_shape[1:]),
+                                   global_offset=(0,) + tuple(sh.global_offset[1:]))
+    if isinstance(sh, ShardedTensorFactory) and _MARK in sh.key:
+        build = sh.build_fn
+
+        def build_fn(*args, **kwargs):
+            return _walk(build(*args, **kwargs))
+
+        # a factory key must be unique too: the layer comes from the tensors it builds
+        built = _walk(build(sh.key, sh.data, sh.replica_id, sh.flattened_range))
+        layer_key = next(iter(_leaves(built))).key
+        return dataclasses.replace(sh, key=layer_key.rsplit(".", 1)[0] + "." + sh.key.rsplit(".", 1)[1],
+                                   build_fn=build_fn)
+    return sh
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _leaves(v)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            yield from _leaves(v)
+    else:
+        yield tree
+
+
+def _walk(tree):
+    if isinstance(tree, dict):
+        return {k: _walk(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_walk(v) for v in tree]
+    return _relabel(tree)
+
+
+def per_layer(sharded_state_dict: dict) -> dict:
+    """The model's sharded state dict with layer-stacked entries split per global layer."""
+    return _walk(sharded_state_dict)

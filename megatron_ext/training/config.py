@@ -1,0 +1,201 @@
+"""Training config: a YAML file (configs/train/*.yaml) plus `section.key=value` overrides.
+
+Every section is a dataclass, so a misspelt key fails at start-up with the list of known keys;
+`validate` checks what depends on the world size (batch divisibility, TP x PP) before any model is
+built, with messages that say what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A training config that cannot work; the message says which key and what to change."""
+
+
+@dataclass
+class ModelSection:
+    preset: str = "tiny"                 # configs/model/<preset>.yaml or a path
+    method: str = "rose"                 # rose | vlora | vora
+    backend: str = "auto"                # auto | te | local (TE on GPU, local on CPU)
+    llm_weights: Optional[str] = None    # a local HF Qwen2 directory to start the LLM from
+    vision_weights: Optional[str] = None  # a local HF vision tower directory (S2/S3 with pixels)
+
+
+@dataclass
+class ParallelSection:
+    tensor: int = 1
+    pipeline: int = 1
+
+
+@dataclass
+class DataSection:
+    kind: str = "synthetic"              # synthetic | webdataset | dali
+    manifest: Optional[str] = None       # the data pipeline's manifest.json (webdataset, dali)
+    tokenizer: str = "bytes"             # "bytes" (offline byte-level) or a local tokenizer dir
+    seq_length: int = 32
+    prompt: str = ""                     # text before the caption; its tokens carry no loss
+    image_size: int = 224
+    seed: int = 1234
+    # synthetic features (tests, demo): `pairs` fixed (features, caption) pairs
+    pairs: int = 8
+    visual_tokens: int = 8
+    num_workers: int = 0
+
+
+@dataclass
+class TrainSection:
+    stage: str = "s1"
+    steps: int = 20
+    micro_batch_size: int = 2
+    global_batch_size: int = 8
+    trainable: Optional[list] = None     # parameter groups; None: the method's default for the stage
+    init_from: Optional[str] = None      # a checkpoint dir (or its run dir) to take weights from
+    seed: int = 1234
+    dtype: str = "auto"                  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    fp8: Optional[str] = None            # e.g. "hybrid" on GPUs with Transformer Engine FP8
+    exit_on_nonfinite: bool = True
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    warmup_steps: int = 2
+    decay_style: str = "cosine"
+    distributed: bool = True             # Megatron's distributed optimizer (ZeRO-1 over DP)
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 10                      # steps between saves (and one at the end)
+    keep: int = 2                        # newest complete checkpoints kept
+    resume: bool = True                  # continue from <run_dir>/checkpoints/latest if present
+
+
+@dataclass
+class LogSection:
+    run_dir: str = "runs/train"
+    every: int = 1                       # console line every N steps (metrics.jsonl: every step)
+    wandb: bool = True
+    wandb_project: str = "paramvision"
+    wandb_mode: Optional[str] = None     # None: $WANDB_MODE, else offline
+
+
+@dataclass
+class DebugSection:
+    """Fault injection for the tests of the failure paths (never set in real configs)."""
+    nan_at_step: Optional[int] = None    # the loss of this step becomes NaN
+    die_in_save_at_step: Optional[int] = None  # os._exit midway through this step's save
+    exit_after_step: Optional[int] = None  # os._exit right after this step (a kill between saves)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+    debug: DebugSection = field(default_factory=DebugSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, values: dict, where: str):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        f = known[name]
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{name} must be a mapping, got {value!r}")
+            value = _build(f.default_factory, value, f"{where}.{name}" if where else name)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: Optional[str], overrides: list[str] = ()) -> TrainConfig:
+    """The YAML at `path` (None: all defaults) with `section.key=value` overrides (YAML values)."""
+    tree = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"training config {path} not found")
+        tree = yaml.safe_load(p.read_text()) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        if "." not in key:
+            raise ConfigError(f"override {item!r}: name the section, e.g. train.steps=10")
+        _set_dotted(tree, key, yaml.safe_load(raw) if raw != "" else None)
+    return _build(TrainConfig, tree, "config")
+
+
+def validate(cfg: TrainConfig, world_size: int) -> int:
+    """Checks that need the world size; returns the data-parallel size."""
+    tp, pp = cfg.parallel.tensor, cfg.parallel.pipeline
+    t = cfg.train
+    if tp < 1 or pp < 1:
+        raise ConfigError(f"parallel.tensor ({tp}) and parallel.pipeline ({pp}) must be >= 1")
+    if world_size % (tp * pp):
+        raise ConfigError(f"world size {world_size} is not divisible by parallel.tensor x "
+                          f"parallel.pipeline = {tp} x {pp}; launch a multiple of {tp * pp} processes")
+    dp = world_size // (tp * pp)
+    if t.micro_batch_size < 1 or t.global_batch_size < 1:
+        raise ConfigError("train.micro_batch_size and train.global_batch_size must be >= 1")
+    if t.global_batch_size % (t.micro_batch_size * dp):
+        raise ConfigError(
+            f"train.global_batch_size ({t.global_batch_size}) must be divisible by "
+            f"train.micro_batch_size ({t.micro_batch_size}) x data-parallel size ({dp}) = "
+            f"{t.micro_batch_size * dp}")
+    if t.steps < 1:
+        raise ConfigError(f"train.steps must be >= 1, got {t.steps}")
+    o = cfg.optim
+    if o.warmup_steps >= t.steps and t.steps > 1:
+        raise ConfigError(f"optim.warmup_steps ({o.warmup_steps}) must be below train.steps ({t.steps})")
+    if o.decay_style not in ("cosine", "linear", "constant", "inverse-square-root"):
+        raise ConfigError(f"optim.decay_style {o.decay_style!r}: use cosine, linear, constant or inverse-square-root")
+    if not 0 <= o.min_lr <= o.lr:
+        raise ConfigError(f"optim.min_lr ({o.min_lr}) must lie in [0, optim.lr = {o.lr}]")
+    if cfg.data.kind not in ("synthetic", "webdataset", "dali"):
+        raise ConfigError(f"data.kind {cfg.data.kind!r}: use synthetic, webdataset or dali")
+    if cfg.data.kind != "synthetic" and not cfg.data.manifest:
+        raise ConfigError(f"data.kind={cfg.data.kind} needs data.manifest (the data pipeline's manifest.json)")
+    if t.dtype not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"train.dtype {t.dtype!r}: use auto, fp32 or bf16")
+    if cfg.checkpoint.every < 1 or cfg.checkpoint.keep < 1:
+        raise ConfigError("checkpoint.every and checkpoint.keep must be >= 1")
+    return dp
+
+
+def num_microbatches(cfg: TrainConfig, dp: int) -> int:
+    return cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)

@@ -1,0 +1,36 @@
+"""Gradient finalisation after the last micro-batch (config.finalize_model_grads_func).
+
+Megatron's finalize_model_grads does the data-parallel reduction, embedding and sequence-parallel
+all-reduces. Before it, generator replicas that a method keeps on every pipeline stage (VLoRA's
+queries mix all equipped blocks) get their per-stage gradients summed over the pipeline group;
+that must happen on the full local main_grad, i.e. before the DP reduce-scatter.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def pipeline_replicated_params(model) -> list:
+    """Parameters replicated over pipeline stages whose grads are partial per stage."""
+    if hasattr(model, "finalize_generator_grads") and getattr(model, "generator", None) is not None:
+        return [p for p in model.generator.parameters() if p.requires_grad]
+    return []
+
+
+def make_finalize(model):
+    from megatron.core import parallel_state
+    from megatron.core.distributed import finalize_model_grads
+
+    replicated = pipeline_replicated_params(model)
+
+    def finalize(model_chunks, num_tokens=None, pg_collection=None, force_all_reduce=False):
+        if replicated and parallel_state.get_pipeline_model_parallel_world_size() > 1:
+            group = parallel_state.get_pipeline_model_parallel_group()
+            for p in replicated:
+                dist.all_reduce(p.main_grad, group=group)
+        finalize_model_grads(model_chunks, num_tokens, pg_collection=pg_collection,
+                             force_all_reduce=force_all_reduce)
+
+    return finalize

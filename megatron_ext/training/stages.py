@@ -1,0 +1,84 @@
+"""Trainable sets by named parameter groups; each (method, stage) names the groups that train.
+
+A method plugs in by naming groups: a model may define `parameter_groups() -> {group: [params]}`;
+otherwise parameters are grouped by where they live (below). Every parameter belongs to exactly
+one group, so a stage's trainable set is explicit and checkable parameter by parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("generator", "vision", "lora", "embedding", "aux", "llm")
+
+# The papers' stages. ROSE: S1 VRMG, S2 VRMG + vision encoder, S3 everything. VLoRA: pre-training
+# trains the generator (with its W_s), fine-tuning adds the LLM. VoRA: LoRA + vision embedding (+ the
+# distillation heads), then the merged LLM + embedding.
+STAGES = {
+    "rose": {"s1": ["generator"], "s2": ["generator", "vision"], "s3": ["generator", "vision", "llm"]},
+    "vlora": {"s1": ["generator"], "s2": ["generator", "llm"]},
+    "vora": {"s1": ["lora", "embedding", "aux"], "s2": ["llm", "embedding"]},
+    "none": {"s1": ["llm"]},
+}
+
+
+def default_trainable(method: str, stage: str) -> list[str]:
+    try:
+        return list(STAGES[method][stage])
+    except KeyError:
+        known = {m: sorted(s) for m, s in STAGES.items()}
+        raise ValueError(f"no default trainable set for method={method!r} stage={stage!r}; "
+                         f"known: {known}; or set train.trainable to a list of {list(GROUPS)}") from None
+
+
+def _group_of(name: str, generator_ids: set, param) -> str:
+    if id(param) in generator_ids or name.startswith("generator") or ".generator." in name:
+        return "generator"
+    if name.startswith("vision.") or ".vision." in name and "vision_embedding" not in name:
+        return "vision"
+    if "vision_embedding." in name:
+        return "embedding"
+    if ".aux_head." in name:
+        return "aux"
+    if ".lora_" in name:
+        return "lora"
+    return "llm"
+
+
+def parameter_groups(model: torch.nn.Module) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
+    """{group: [(name, param)]} for every parameter of `model` (this rank's shard)."""
+    groups = {g: [] for g in GROUPS}
+    named = list(model.named_parameters())
+    if hasattr(model, "parameter_groups"):
+        by_id = {id(p): n for n, p in named}
+        for group, params in model.parameter_groups().items():
+            groups.setdefault(group, []).extend((by_id[id(p)], p) for p in params)
+        return groups
+    # VLoRA's W_s lives in the LLM's linears but belongs to the generator
+    owner = getattr(model, "lm", model)
+    generator_ids = {id(p) for p in owner.generator_parameters()} if hasattr(owner, "generator_parameters") else set()
+    for name, p in named:
+        groups[_group_of(name, generator_ids, p)].append((name, p))
+    return groups
+
+
+def apply_trainable(model: torch.nn.Module, trainable: list[str]) -> dict[str, tuple[int, int]]:
+    """Set requires_grad by group; returns {group: (tensors, elements)} of this rank, all groups."""
+    groups = parameter_groups(model)
+    unknown = set(trainable) - set(groups)
+    if unknown:
+        raise ValueError(f"train.trainable names unknown group(s) {sorted(unknown)}; groups: {sorted(groups)}")
+    summary = {}
+    for group, params in groups.items():
+        for _, p in params:
+            p.requires_grad_(group in trainable)
+        summary[group] = (len(params), sum(p.numel() for _, p in params))
+    for group in trainable:
+        if not groups[group]:
+            log.warning("trainable group %r has no parameters on this rank (e.g. no vision tower in "
+                        "this model, or none of its layers on this pipeline stage)", group)
+    return summary
