@@ -24,6 +24,9 @@ def test_equipped_blocks_and_generator_shapes():
     W_v = model.generator(vlora_inputs()["visual_features"])
     assert set(W_v) == {(l, t) for l in (2, 4) for t in ("q", "k", "v", "o", "mlp")}
     assert all(w.shape == (2, 64, 8) for w in W_v.values())
+    # "mlp" = W_1 = Megatron's fused fc1: gate and up share the mlp generator's W_v, own W_s each
+    cond = model.conditioning_for(vlora_inputs()["visual_features"])
+    assert cond[(2, "gate")] is cond[(2, "up")] and (2, "down") not in cond
     # W_s: zero-initialised, one per block and part, r -> out (k, v are GQA-sized)
     qkv = model.language_model.decoder.layers[1].self_attention.linear_qkv
     assert {p: tuple(b.shape) for p, b in qkv.lora_B.items()} == {"q": (64, 8), "k": (32, 8), "v": (32, 8)}
