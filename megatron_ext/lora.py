@@ -125,6 +125,22 @@ class LowRankMixin(ConditionedLayer):
         del self._merged_delta
         self.merged = False
 
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None):
+        """The base's distributed-checkpoint entries, with TP-sharded adapters marked as such (the
+        base treats every extra tensor as replicated)."""
+        from megatron.core import parallel_state
+        from megatron.core.utils import make_tp_sharded_tensor_for_checkpoint
+
+        sd = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        dp = (metadata or {}).get("dp_cp_group") or parallel_state.get_data_parallel_group(
+            with_context_parallel=True)
+        for name, p in self.named_parameters():
+            if name.startswith("lora_") and getattr(p, "tensor_model_parallel", False):
+                sd[f"{prefix}{name}"] = make_tp_sharded_tensor_for_checkpoint(
+                    p, f"{prefix}{name}", p.partition_dim, prepend_offsets=sharded_offsets,
+                    tp_group=self.tp_group, dp_cp_group=dp)
+        return sd
+
     def adapter_parameters(self):
         return [p for n, p in self.named_parameters() if n.startswith("lora_")]
 

@@ -50,7 +50,12 @@ def _tp_worker(rank):
     model(**b).sum().backward()
     # sharded W_s gradients are compared against the same shard of the reference's
     local_ref = shard_for_rank(ref_grads, model, tp_rank, 2)
-    return dict(ref_logits=ref_logits, logits=logits, grads=_trainable_grads(model), ref_grads=local_ref)
+    # distributed checkpoints: W_s of column-parallel q is sharded like q, row-parallel o's is whole
+    sharded = model.sharded_state_dict(metadata={"dp_cp_group": parallel_state.get_data_parallel_group()})
+    shapes = {k.rsplit("lora_B.", 1)[1]: (tuple(v.local_shape), tuple(v.global_shape), v.global_offset)
+              for k, v in sharded.items() if "layers.1." in k and ".lora_B." in k}
+    return dict(ref_logits=ref_logits, logits=logits, grads=_trainable_grads(model), ref_grads=local_ref,
+                shapes=shapes, tp_rank=tp_rank)
 
 
 def test_tensor_parallel_2_equals_1():
@@ -63,6 +68,9 @@ def test_tensor_parallel_2_equals_1():
         for name, g in r["ref_grads"].items():
             torch.testing.assert_close(r["grads"][name], g, atol=1e-5, rtol=1e-4, msg=name)
         assert all(g.abs().max() > 0 for g in r["grads"].values())
+        # (Megatron stacks layers in front: global (layers, out, rank), this is layer index 1)
+        assert r["shapes"]["q"] == ((32, 8), (4, 64, 8), (1, 32 * r["tp_rank"], 0))
+        assert r["shapes"]["o"] == ((64, 8), (4, 64, 8), (1, 0, 0))
 
 
 MICROBATCHES = 3
