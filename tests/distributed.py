@@ -17,6 +17,9 @@ def _free_port() -> int:
 
 
 def _entry(rank: int, fn, world_size: int, port: int, outdir: str, kwargs: dict) -> None:
+    # a deadlocked collective fails the test with every thread's stack instead of hanging CI
+    import faulthandler
+    faulthandler.dump_traceback_later(300, exit=True)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)  # two processes share the two cores

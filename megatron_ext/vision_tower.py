@@ -1,0 +1,88 @@
+"""Vision encoders from Hugging Face checkpoints on local disk (SigLIP/SigLIP2 for ROSE, CLIP for
+VLoRA, AIMv2 as VoRA's teacher), returning the hidden states of a chosen layer."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# config.model_type -> the transformers class of the vision tower alone
+_TOWERS = {"siglip_vision_model": "SiglipVisionModel", "siglip": "SiglipVisionModel",
+           "siglip2_vision_model": "Siglip2VisionModel", "siglip2": "Siglip2VisionModel",
+           "clip_vision_model": "CLIPVisionModel", "clip": "CLIPVisionModel",
+           "aimv2_vision_model": "Aimv2VisionModel", "aimv2": "Aimv2VisionModel"}
+
+
+class VisionTower(nn.Module):
+    """Wraps a transformers vision model; forward(**processor_outputs) -> (batch, tokens, width).
+
+    feature_layer indexes `hidden_states` (0 = patch embeddings, -1 = last block, -2 = the
+    LLaVA choice); CLIP's class token is dropped so every token is a patch.
+    """
+
+    def __init__(self, model: nn.Module, feature_layer: int = -1):
+        super().__init__()
+        self.model = model
+        self.feature_layer = feature_layer
+        n = model.config.num_hidden_layers
+        if not -(n + 1) <= feature_layer <= n:
+            raise ValueError(f"feature_layer={feature_layer} but the encoder has {n} blocks "
+                             f"(valid: {-(n + 1)}..{n})")
+        self.drop_cls = model.config.model_type.startswith("clip")
+        # blocks after the feature layer, the final norm and pooling heads never reach the features:
+        # they stay frozen so optimizers and gradient buffers do not carry them
+        used = feature_layer if feature_layer >= 0 else n + 1 + feature_layer
+        self.unused = {name for name, _ in model.named_parameters() if _unused(name, used)}
+        for name, p in model.named_parameters():
+            if name in self.unused:
+                p.requires_grad_(False)
+
+    def set_trainable(self, trainable: bool) -> None:
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(trainable and name not in self.unused)
+
+    @property
+    def width(self) -> int:
+        return self.model.config.hidden_size
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, feature_layer: int = -1, dtype=torch.float32) -> "VisionTower":
+        import transformers
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"vision encoder directory {path} has no config.json")
+        config = transformers.AutoConfig.from_pretrained(path)
+        vision_config = getattr(config, "vision_config", config)  # full CLIP/SigLIP checkpoints nest it
+        name = _TOWERS.get(vision_config.model_type)
+        if name is None:
+            raise ValueError(f"{path}: vision model type '{vision_config.model_type}' is not supported; "
+                             f"supported: {sorted(set(_TOWERS))}")
+        model = getattr(transformers, name).from_pretrained(path, dtype=dtype)
+        log.info("vision encoder %s from %s (%d blocks, width %d, features of layer %d)", name, path,
+                 vision_config.num_hidden_layers, vision_config.hidden_size, feature_layer)
+        return cls(model, feature_layer)
+
+    @classmethod
+    def from_config(cls, vision_config, feature_layer: int = -1) -> "VisionTower":
+        import transformers
+
+        return cls(getattr(transformers, _TOWERS[vision_config.model_type])(vision_config), feature_layer)
+
+    def forward(self, pixel_values: torch.Tensor, **processor_outputs) -> torch.Tensor:
+        out = self.model(pixel_values=pixel_values, output_hidden_states=True, **processor_outputs)
+        feats = out.hidden_states[self.feature_layer]
+        return feats[:, 1:] if self.drop_cls else feats
+
+
+def _unused(name: str, used_blocks: int) -> bool:
+    m = re.search(r"(?:^|\.)layers\.(\d+)\.", name)
+    if m:
+        return int(m.group(1)) >= used_blocks
+    return "post_layernorm" in name or name.startswith("head.") or ".head." in name

@@ -1,0 +1,158 @@
+"""Vision towers from local Hugging Face directories, and features delivered across pipeline
+stages: with the tower on the first stage only, PP=2 loss and tower gradients equal PP=1; TP=2
+tower gradients are identical on both ranks and equal TP=1."""
+
+import pytest
+import torch
+
+from distributed import run_distributed
+
+IMAGE = 32
+
+
+def tiny_siglip_config():
+    from transformers import SiglipVisionConfig
+    return SiglipVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                              num_attention_heads=4, image_size=IMAGE, patch_size=8)
+
+
+def test_tower_from_local_dir_equals_the_model(tmp_path):
+    from transformers import SiglipVisionModel
+
+    from megatron_ext.vision_tower import VisionTower
+
+    torch.manual_seed(0)
+    SiglipVisionModel(tiny_siglip_config()).save_pretrained(tmp_path / "siglip")
+    tower = VisionTower.from_pretrained(tmp_path / "siglip", feature_layer=-2)
+    ref = SiglipVisionModel.from_pretrained(tmp_path / "siglip")
+    px = torch.randn(2, 3, IMAGE, IMAGE)
+    with torch.no_grad():
+        feats = tower(px)
+        expected = ref(pixel_values=px, output_hidden_states=True).hidden_states[-2]
+    assert feats.shape == (2, 16, 48) and torch.equal(feats, expected)
+    # the last block, the final norm and the pooling head do not feed layer -2: frozen
+    assert all(not p.requires_grad for n, p in tower.model.named_parameters()
+               if ".layers.1." in n or "post_layernorm" in n or n.startswith("head."))
+    assert tower.model.get_submodule("encoder.layers.0.mlp.fc1").weight.requires_grad
+    with pytest.raises(ValueError, match="feature_layer=5 but the encoder has 2 blocks"):
+        VisionTower(ref, feature_layer=5)
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        VisionTower.from_pretrained(tmp_path / "missing")
+
+
+def _model(train_vision):
+    from megatron.core import parallel_state
+
+    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.vlm import VisionLanguageModel
+    from rose_helpers import randomize_generator, tiny_rose
+
+    lm = tiny_rose()
+    randomize_generator(lm, scale=0.1)
+    torch.manual_seed(1)
+    tower = VisionTower.from_config(tiny_siglip_config())  # same weights on every rank
+    first = parallel_state.is_pipeline_first_stage()
+    return VisionLanguageModel(lm, tower if first else None, lm.rose.equipped_layers(lm.config.num_layers),
+                               train_vision)
+
+
+def _batches(n=4):
+    from rose_helpers import inputs
+    out = []
+    for i in range(n):
+        b = inputs(batch=2, seq=12, seed=i)
+        b["pixel_values"] = torch.randn(2, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(i))
+        out.append(b)
+    return out
+
+
+def _schedule(model, batches):
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_ext import feature_exchange
+
+    def forward_step(it, model):
+        b = next(it)
+        out = model(b["input_ids"], b["position_ids"], None, b["pixel_values"], labels=b["labels"])
+        return out, lambda o: (o.mean(), {"loss": o.mean().detach()})
+
+    res = get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter(batches),
+                                      model=[model], num_microbatches=len(batches), seq_length=12,
+                                      micro_batch_size=2, forward_only=False)
+    feature_exchange.finish()
+    return [r["loss"] for r in res]
+
+
+def _tower_grads(model):
+    if model.vision is None:
+        return {}
+    return {n: p.grad.clone() for n, p in model.vision.named_parameters() if p.requires_grad}
+
+
+def _pp_worker(rank):
+    from megatron.core import parallel_state
+
+    from megatron_ext.parallel import init_parallel
+
+    init_parallel(1, 1)
+    ref = _model(train_vision=True)
+    full = {k: v for k, v in ref.state_dict().items() if torch.is_tensor(v)}
+    ref_losses, ref_grads = _schedule(ref, _batches()), _tower_grads(ref)
+
+    init_parallel(1, 2)
+    model = _model(train_vision=True)
+    offset = 2 * parallel_state.get_pipeline_model_parallel_rank()
+    local = {}
+    for k in model.state_dict():
+        if ".decoder.layers." in k:
+            head, rest = k.split(".decoder.layers.")
+            i, tail = rest.split(".", 1)
+            src = f"{head}.decoder.layers.{int(i) + offset}.{tail}"
+        else:
+            src = k
+        if src in full:
+            local[k] = full[src]
+    model.load_state_dict(local, strict=False)
+    losses = _schedule(model, _batches())
+    return dict(stage=parallel_state.get_pipeline_model_parallel_rank(), consumers=model.consumers,
+                ref_losses=ref_losses, losses=losses, ref_grads=ref_grads, grads=_tower_grads(model))
+
+
+@pytest.mark.multiproc
+def test_pp2_features_reach_later_stage_and_tower_gradients_come_back():
+    first, last = sorted(run_distributed(_pp_worker), key=lambda r: r["stage"])
+    assert first["consumers"] == [1]
+    torch.testing.assert_close(torch.stack(last["losses"]), torch.stack(last["ref_losses"]),
+                               atol=1e-5, rtol=1e-5)
+    assert last["grads"] == {}  # the tower lives on the first stage only
+    assert first["grads"].keys() == first["ref_grads"].keys()
+    for name, g in first["grads"].items():  # includes the gradient sent back by stage 2's VRMG
+        torch.testing.assert_close(g, first["ref_grads"][name], atol=1e-5, rtol=1e-4, msg=name)
+    assert max(g.abs().max() for g in first["grads"].values()) > 0
+
+
+def _tp_worker(rank):
+    from megatron.core import parallel_state
+
+    from megatron_ext.layout import shard_for_rank
+    from megatron_ext.parallel import init_parallel
+
+    init_parallel(1, 1)
+    ref = _model(train_vision=True)
+    full = {k: v for k, v in ref.state_dict().items() if torch.is_tensor(v)}
+    _schedule(ref, _batches(2))
+    ref_grads = _tower_grads(ref)
+    init_parallel(2, 1)
+    model = _model(train_vision=True)
+    model.load_state_dict(shard_for_rank(full, model, parallel_state.get_tensor_model_parallel_rank(), 2),
+                          strict=False)
+    _schedule(model, _batches(2))
+    return dict(ref=ref_grads, grads=_tower_grads(model))
+
+
+@pytest.mark.multiproc
+def test_tp2_tower_gradients_are_identical_across_ranks_and_equal_tp1():
+    a, b = run_distributed(_tp_worker)
+    for name in a["grads"]:
+        assert torch.equal(a["grads"][name], b["grads"][name]), name
+        torch.testing.assert_close(a["grads"][name], a["ref"][name], atol=1e-5, rtol=1e-4, msg=name)
