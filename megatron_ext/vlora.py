@@ -270,9 +270,13 @@ class VLoRAModel(InjectedGPTModel):
             return
         group = parallel_state.get_pipeline_model_parallel_group()
         for p in self.generator.parameters():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            torch.distributed.all_reduce(p.grad, group=group)
+            # under Megatron's DDP wrapper gradients accumulate in main_grad, not grad
+            grad = getattr(p, "main_grad", None)
+            if grad is None:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                grad = p.grad
+            torch.distributed.all_reduce(grad, group=group)
 
     def generator_parameters(self):
         return list(self.generator.parameters()) + [
