@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 
 import torch
@@ -53,6 +54,18 @@ def models(shape_name: str, dtype):
     return shape, built
 
 
+def interleaved(step, names, reps: int) -> dict:
+    """Median seconds per variant, the variants timed in turn each round, so that load from other
+    processes on a shared machine hits all of them alike (ratios stay meaningful)."""
+    for name in names:
+        step(name)  # warm-up
+    samples = {name: [] for name in names}
+    for _ in range(reps):
+        for name in names:
+            samples[name].append(time_fn(lambda: step(name), warmup=0, reps=1))
+    return {name: statistics.median(t) for name, t in samples.items()}
+
+
 def bench(shape_name: str, tokens: int, batch: int, visual_tokens: int, dtype, reps: int):
     shape, built = models(shape_name, dtype)
     llm = shape["llm"]
@@ -89,13 +102,13 @@ def bench(shape_name: str, tokens: int, batch: int, visual_tokens: int, dtype, r
             model.language_model.embedding.word_embeddings.weight.requires_grad_(True)
 
     rows = []
-    times = {name: time_fn(lambda: step(name), reps=reps) for name in built}
+    times = interleaved(step, list(built), reps)
     for name, label in [("plain", "plain layer"), ("vlora", "VLoRA layer (+generator)"),
                         ("vora", "VoRA layer (LoRA, image mask)")]:
         rows.append([f"{label}, all trainable", f"{times[name] * 1e3:.1f}", f"{times[name] / times['plain']:.2f}"])
     for name in built:
         freeze(name)
-    frozen = {name: time_fn(lambda: step(name), reps=reps) for name in built}
+    frozen = interleaved(step, list(built), reps)
     for name, label in [("plain", "plain layer, frozen"), ("vlora", "VLoRA, frozen LLM (pre-training)"),
                         ("vora", "VoRA, frozen LLM (pre-training)")]:
         rows.append([label, f"{frozen[name] * 1e3:.1f}", f"{frozen[name] / frozen['plain']:.2f}"])
