@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megatron_ext.config import RoseConfig
-from megatron_ext.rotation import num_skew_params
+# relative, and nothing from Megatron: this file also ships inside Hugging Face exports
+from .rotation import num_skew_params
 
 
 class LayerGenerator(nn.Module):
@@ -46,7 +46,10 @@ def _stack(mods, attr):
 
 
 class VRMG(nn.Module):
-    def __init__(self, rose: RoseConfig, config, layers):
+    """rose: a RoseConfig (or anything with its fields); config: the LLM config that
+    rose.block_sizes(config) reads; layers: the equipped layer numbers this module generates for."""
+
+    def __init__(self, rose, config, layers):
         super().__init__()
         self.layers = sorted(layers)
         self.heads = rose.generator_heads

@@ -191,3 +191,54 @@ def load_qwen2(language_model: torch.nn.Module, path: str | Path, hf_vocab_size:
     if untouched:
         log.info("left as initialised (not LLM weights): %d tensors, e.g. %s", len(untouched), untouched[:3])
     return untouched
+
+
+_HF_LINEAR = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+              "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
+              "down": "mlp.down_proj"}
+
+
+def megatron_to_hf(state: dict, config, hf_vocab_size: int, prefix: str = "") -> dict:
+    """A full (TP=1, PP=1) Megatron language-model state dict -> Qwen2ForCausalLM names.
+
+    Accepts plain fused linears, per-part (ROSE) linears and TE's fused norms; drops padded
+    vocabulary rows. `prefix` is prepended to every Hugging Face name."""
+    from megatron_ext.fused_layout import unfuse
+
+    out = {}
+    put = lambda name, t: out.__setitem__(prefix + name, t.detach().clone().contiguous())
+    heads_q = config.num_attention_heads * config.kv_channels
+    kv = config.num_query_groups * config.kv_channels
+    for key, t in state.items():
+        if key.endswith("_extra_state") or not torch.is_tensor(t):
+            continue
+        if key == "embedding.word_embeddings.weight":
+            put("model.embed_tokens.weight", t[:hf_vocab_size])
+        elif key == "output_layer.weight":
+            put("lm_head.weight", t[:hf_vocab_size])
+        elif key == "decoder.final_layernorm.weight":
+            put("model.norm.weight", t)
+        elif m := _LAYER.match(key):
+            layer, rest = int(m.group(1)), m.group(2)
+            base = f"model.layers.{layer}."
+            if rest in _NORMS:
+                put(f"{base}{_NORMS[rest]}.weight", t)
+                continue
+            lm = _LINEAR.match(rest)
+            if not lm:
+                raise KeyError(f"no Hugging Face name for Megatron tensor '{key}'")
+            linear, part, kind = lm.groups()
+            if part is not None:
+                pieces = {part: t}
+            elif linear == "linear_qkv":
+                split = unfuse(t.T if kind == "weight" else t, [heads_q, kv, kv], config.num_query_groups)
+                pieces = dict(zip("qkv", [s.T if kind == "weight" else s for s in split]))
+            elif linear == "linear_fc1":
+                pieces = dict(zip(("gate", "up"), t.chunk(2, dim=0)))
+            else:
+                pieces = {{"linear_proj": "o", "linear_fc2": "down"}[linear]: t}
+            for p, piece in pieces.items():
+                put(f"{base}{_HF_LINEAR[p]}.{kind}", piece)
+        else:
+            raise KeyError(f"no Hugging Face name for Megatron tensor '{key}'")
+    return out

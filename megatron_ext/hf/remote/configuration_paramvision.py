@@ -1,0 +1,31 @@
+"""Config of an exported parameter-space vision model (ROSE): a Qwen2 text config, a vision
+encoder config, and the injection settings."""
+
+from transformers import AutoConfig, PretrainedConfig
+
+
+class ParamVisionConfig(PretrainedConfig):
+    model_type = "paramvision"
+
+    def __init__(self, text_config=None, vision_config=None, method="rose", injection=None,
+                 feature_layer=-1, **kwargs):
+        if isinstance(text_config, dict):
+            text_config = AutoConfig.for_model(**text_config)
+        if isinstance(vision_config, dict):
+            vision_config = AutoConfig.for_model(**vision_config)
+        self.text_config = text_config
+        self.vision_config = vision_config
+        self.method = method
+        self.injection = injection or {}
+        self.feature_layer = feature_layer
+        super().__init__(**kwargs)
+
+    def to_dict(self):
+        out = super().to_dict()
+        for key in ("text_config", "vision_config"):
+            value = getattr(self, key)
+            out[key] = value.to_dict() if value is not None else None
+        return out
+
+    def get_text_config(self, *args, **kwargs):
+        return self.text_config
