@@ -22,6 +22,8 @@ def parse(key: str, fields: Dict[str, bytes]) -> Optional[dict]:
     alt = meta.get("alt_text")
     if alt is None and "txt" in fields:
         alt = fields["txt"].decode("utf-8", errors="replace")
+    if "captioner" not in meta:
+        meta.pop("caption", None)  # img2dataset's `caption` is the alt-text, not a new caption
     return {"uid": uid, "key": key, "image": image, "meta": meta, "alt_text": alt or "",
             "caption": meta.get("caption")}
 

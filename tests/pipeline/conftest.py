@@ -22,10 +22,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PY = sys.executable
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list:
+    """n distinct free ports: all held open together, so the OS cannot hand one out twice."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class Corpus:
@@ -51,7 +57,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ray_cluster():
     """`ray start --head` on loopback in its own process group; killed by group id at the end."""
-    gcs, dash, client, agent = (_free_port() for _ in range(4))
+    gcs, dash, client, agent = _free_ports(4)
     temp = tempfile.mkdtemp(prefix="pvray", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = dict(os.environ, RAY_AUTH_MODE="token")
     cmd = [os.path.join(os.path.dirname(PY), "ray"), "start", "--head", "--block", "--num-cpus=2",
@@ -82,15 +88,12 @@ def ray_cluster():
         yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "temp": temp}
         ray.shutdown()
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(head.pid, sig)  # the head's own process group, started above
+                head.wait(timeout=wait)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
         log.close()
         if old_auth is None:
             os.environ.pop("RAY_AUTH_MODE", None)
