@@ -37,6 +37,9 @@ def _tp_worker(rank):
     ref_model, full = _reference()
     with torch.no_grad():
         ref_logits = ref_model(b["input_ids"], b["position_ids"], None, b["visual_features"])
+    image = b["visual_features"][:1]
+    with torch.no_grad():
+        ref_one_image = ref_model(b["input_ids"], b["position_ids"], None, image.expand(2, -1, -1))
     ref_model(**b).sum().backward()
     ref_grads = _trainable_grads(ref_model)
 
@@ -47,6 +50,10 @@ def _tp_worker(rank):
     with torch.no_grad():
         logits = gather_from_tensor_model_parallel_region(
             model(b["input_ids"], b["position_ids"], None, b["visual_features"]))
+    with torch.no_grad():  # per-image merge at TP=2: W_v's rows/W_s's columns of this rank
+        model.merge_image(image)
+        merged = gather_from_tensor_model_parallel_region(model(b["input_ids"], b["position_ids"], None))
+        model.unmerge_image()
     model(**b).sum().backward()
     # sharded W_s gradients are compared against the same shard of the reference's
     local_ref = shard_for_rank(ref_grads, model, tp_rank, 2)
@@ -55,12 +62,13 @@ def _tp_worker(rank):
     shapes = {k.rsplit("lora_B.", 1)[1]: (tuple(v.local_shape), tuple(v.global_shape), v.global_offset)
               for k, v in sharded.items() if "layers.1." in k and ".lora_B." in k}
     return dict(ref_logits=ref_logits, logits=logits, grads=_trainable_grads(model), ref_grads=local_ref,
-                shapes=shapes, tp_rank=tp_rank)
+                shapes=shapes, tp_rank=tp_rank, merged=merged, ref_one_image=ref_one_image)
 
 
 def test_tensor_parallel_2_equals_1():
     for r in run_distributed(_tp_worker, world_size=2):
         torch.testing.assert_close(r["logits"], r["ref_logits"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(r["merged"], r["ref_one_image"], atol=1e-5, rtol=1e-5)
         assert set(r["grads"]) == set(r["ref_grads"])
         # the replicated generator gets complete gradients on every rank: column-parallel
         # branches through the all-reduce of x W_v's gradient, row-parallel ones through the

@@ -63,14 +63,21 @@ def _tp_worker(rank):
         logits = gather_from_tensor_model_parallel_region(model(
             b["input_ids"], b["position_ids"], None, images=b["images"], image_ids=b["image_ids"]))
     _forward(model, b).sum().backward()
-    return dict(ref_logits=ref_logits, logits=logits, ref_grads=shard_for_rank(ref_grads, model, tp_rank, 2),
+    distill = {k: v.detach() for k, v in model.distill_losses.items()}
+    with torch.no_grad():  # each rank folds its own shards: B_local A (column), B A_local (row)
+        model.merge()
+        merged = gather_from_tensor_model_parallel_region(model(
+            b["input_ids"], b["position_ids"], None, images=b["images"], image_ids=b["image_ids"]))
+    return dict(ref_logits=ref_logits, logits=logits, merged=merged,
+                ref_grads=shard_for_rank(ref_grads, model, tp_rank, 2),
                 grads=_trainable_grads(model), ref_distill=ref_distill,
-                distill={k: v.detach() for k, v in model.distill_losses.items()})
+                distill=distill)
 
 
 def test_tensor_parallel_2_equals_1():
     for r in run_distributed(_tp_worker, world_size=2):
         torch.testing.assert_close(r["logits"], r["ref_logits"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(r["merged"], r["ref_logits"], atol=1e-5, rtol=1e-5)
         assert r["distill"].keys() == r["ref_distill"].keys() == {1, 2, 3}
         for k in r["distill"]:
             torch.testing.assert_close(r["distill"][k], r["ref_distill"][k], atol=1e-6, rtol=1e-5)
