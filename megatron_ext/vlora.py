@@ -17,7 +17,10 @@ linear_fc1 = [gate | up] of the gated FFN: W_v (h x r, input h as in Eq. 4) is s
 up, W_s = [W_s_gate | W_s_up] is r x 2 ffn. It merges into W_1 exactly (Eq. 3), which is the
 inference mode the paper claims. Not chosen: the authors' public code adds an h x h branch parallel
 to the whole FFN (out += x W_v W_s), which cannot be merged into any existing weight; and a W_2
-(down) branch would need W_v of ffn x r, a shared linear h_p -> ffn*r (4.6x the paper's size).
+(down) branch would need W_v of ffn x r, a shared linear h_p -> ffn*r (ffn/h = 2.7x the paper's
+size at Vicuna-7B), against the paper's h x r. (The paper's FLOP count, 24 k r h^2 in appendix A,
+counts perceptual weights on both FFN matrices, which its h x h notation cannot express; "down"
+gives that variant.)
 The fine-grained types gate, up and down are available for ablations ("mlp" = gate + up, sharing W_v).
 
 Pipeline parallelism: the generator's self-attention mixes the queries of all equipped blocks, so
