@@ -146,3 +146,18 @@ def test_vlora_linear_outside_a_model_says_how_to_run_it():
     model = tiny_vlora()
     with pytest.raises(RuntimeError, match="needs per-image conditioning but none is set"):
         model.language_model.decoder.layers[1].self_attention.linear_qkv(torch.randn(3, 2, 64))
+
+
+def test_fine_grained_types_put_a_branch_on_down_too():
+    model = tiny_vlora(weight_types=["q", "k", "v", "o", "gate", "up", "down"])
+    randomize(model)
+    fc2 = model.language_model.decoder.layers[1].mlp.linear_fc2
+    assert fc2.adapted == ["down"] and model.generator.queries.shape[0] == 7
+    cond = model.conditioning_for(vlora_inputs()["visual_features"])
+    assert cond[(2, "down")].shape == (2, 128, 8) and cond[(2, "gate")] is not cond[(2, "up")]
+    x = torch.randn(4, 2, 128)
+    with model.conditioning.use(cond), torch.no_grad():
+        out = fc2(x)[0]
+    for s in range(2):
+        W = fc2.weight + fc2.delta_weight(cond[(2, "down")][s])
+        torch.testing.assert_close(out[:, s], x[:, s] @ W.t(), atol=1e-5, rtol=1e-5)
