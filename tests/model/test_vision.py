@@ -156,3 +156,21 @@ def test_tp2_tower_gradients_are_identical_across_ranks_and_equal_tp1():
     for name in a["grads"]:
         assert torch.equal(a["grads"][name], b["grads"][name]), name
         torch.testing.assert_close(a["grads"][name], a["ref"][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_clip_tower_drops_the_class_token_and_unknown_types_fail(tmp_path):
+    import json
+
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from megatron_ext.vision_tower import VisionTower
+
+    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4, image_size=IMAGE, patch_size=8))
+    tower = VisionTower(clip, feature_layer=-2)
+    with torch.no_grad():
+        feats = tower(torch.randn(1, 3, IMAGE, IMAGE))
+    assert feats.shape == (1, 16, 32)  # 16 patches, class token dropped
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "resnet"}))
+    with pytest.raises(ValueError, match="vision model type 'resnet' is not supported"):
+        VisionTower.from_pretrained(tmp_path)
