@@ -90,7 +90,7 @@ def main():
         print(f"{name:<24} {s:7.2f} s  {n_urls / s:7.1f} URLs/s")
     print(f"{'ratio pipeline/plain':<24} {min(ours) / min(plain):7.3f}x   (goal <= 1.1x)  all runs: plain "
           f"{[round(x, 2) for x in plain]} pipeline {[round(x, 2) for x in ours]}")
-    print(f"\n== full run, samples/s per stage (stage wall time incl. start-up) ==")
+    print("\n== full run, samples/s per stage (stage wall time incl. start-up) ==")
     for stage, seconds in summary["seconds"].items():
         n = summary["by_stage"][stage]["received"] if stage in summary["by_stage"] else n_urls
         print(f"{stage:<10} {n:6d} samples {seconds:8.2f} s {n / seconds:8.1f} samples/s")

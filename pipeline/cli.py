@@ -36,9 +36,11 @@ def parse_and_load(argv, doc: str, p: argparse.ArgumentParser = None):
 
 def exit_on_user_error(fn, *args):
     """Missing files, unreachable clusters and bad model paths end with one clear line, not a trace."""
+    from pipeline.inputs import InputError
     from pipeline.ray_setup import RayConnectError
+    from recaption.base import BackendUnavailable
     try:
         return fn(*args)
-    except (FileNotFoundError, RayConnectError, config_mod.ConfigError) as e:
+    except (FileNotFoundError, RayConnectError, config_mod.ConfigError, InputError, BackendUnavailable) as e:
         logging.getLogger("pipeline").error("%s", e)
         sys.exit(f"error: {e}")

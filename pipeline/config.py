@@ -163,8 +163,7 @@ def _build(cls, data: Any, where: str):
             kwargs[name] = _build(hint, value, key)
         else:
             kwargs[name] = _coerce(value, hint, key)
-    obj = cls(**kwargs)
-    return obj
+    return cls(**kwargs)
 
 
 def _coerce(value, hint, key):
@@ -211,10 +210,10 @@ def _validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"filter.scripts: unknown {bad}; known: {sorted(SCRIPTS)}")
 
 
-def from_dict(data: dict, base_dir: str = ".") -> PipelineConfig:
+def from_dict(data: dict) -> PipelineConfig:
+    """Relative paths stay relative to the working directory the job runs in."""
     cfg = _build(PipelineConfig, data, "")
     _validate(cfg)
-    # Relative paths in a config file are relative to the working directory the job runs in.
     return cfg
 
 

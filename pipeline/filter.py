@@ -105,6 +105,7 @@ def _compute(cfg: PipelineConfig, shards: list) -> None:
 
     from pipeline.ray_setup import init_ray
     init_ray(cfg.ray)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # tqdm below tracks shards
 
     def one(row):
         df = shard_features(row["shard"], cfg)

@@ -17,6 +17,10 @@ from pipeline.fsio import write_parquet_atomic
 log = logging.getLogger(__name__)
 
 
+class InputError(ValueError):
+    """The URL list cannot be used as given (format, columns)."""
+
+
 def read_raw(path: str, url_col: str, caption_col: str) -> pa.Table:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"input URL list not found: {path!r} (expected a .parquet or .csv file)")
@@ -29,9 +33,9 @@ def read_raw(path: str, url_col: str, caption_col: str) -> pa.Table:
     elif path.endswith(".parquet"):
         t = pq.read_table(path)
     else:
-        raise ValueError(f"input {path!r}: unsupported format; use .parquet, .csv or .tsv")
+        raise InputError(f"input {path!r}: unsupported format; use .parquet, .csv or .tsv")
     if url_col not in t.column_names:
-        raise ValueError(f"input {path!r} has no URL column {url_col!r}; columns: {t.column_names} "
+        raise InputError(f"input {path!r} has no URL column {url_col!r}; columns: {t.column_names} "
                          f"(set url_col in the config)")
     if caption_col not in t.column_names:
         log.warning("input has no caption column %r: alt-texts will be empty", caption_col)

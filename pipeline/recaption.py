@@ -84,10 +84,12 @@ class CaptionActor:
 def plan_chunks(shard: str, batch_size: int, want: set) -> tuple:
     """-> (chunks of keys in tar order, number of samples). Only samples the download passed."""
     keys = []
-    for key, fields, problem in iter_tar(shard):
-        s = None if problem else parse(key, fields)
-        if s is not None and s["uid"] in want:
-            keys.append(key)
+    index = tar_index(shard)  # headers only: the driver never reads the images
+    with open(shard, "rb") as f:
+        for key, members in index.items():
+            s = parse(key, {e: read_at(f, *members[e]) for e in members if e == "json"})
+            if s is not None and s["uid"] in want:
+                keys.append(key)
     return [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)], len(keys)
 
 

@@ -47,6 +47,10 @@ def caption_with_retries(captioner: Captioner, images: list, instructions: List[
     return results
 
 
+class BackendUnavailable(ImportError):
+    pass
+
+
 def vllm_usable() -> bool:
     if importlib.util.find_spec("vllm") is None:
         return False
@@ -58,7 +62,7 @@ def select_backend(requested: str) -> str:
     if requested == "auto":
         return "vllm" if vllm_usable() else "transformers"
     if requested == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise ImportError("recaption.backend is 'vllm' but vllm is not installed "
+        raise BackendUnavailable("recaption.backend is 'vllm' but vllm is not installed "
                           "(pip install '.[gpu]' on a CUDA machine, or set recaption.backend: transformers)")
     return requested
 

@@ -1,7 +1,6 @@
 """The training shards and their index files (written without DALI) read by DALI's own
 webdataset reader, on CPU (device_id=None): same samples, same texts as plain webdataset."""
 import json
-import os
 
 import numpy as np
 import pytest

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pipeline import accounting
-from pipeline.config import ConfigError, FilterConfig, PipelineConfig, RecaptionConfig, from_dict
+from pipeline.config import ConfigError, FilterConfig, from_dict
 from pipeline.dali_index import index_lines
 from pipeline.dedup import Deduper
 from pipeline.fsio import iter_tar, write_tar_atomic
