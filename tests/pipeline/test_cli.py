@@ -70,3 +70,16 @@ def test_ray_job_submit_recaption(chain, corpus, ray_cluster, tiny_captioner, tm
     names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ref, "*.tar")))
     _, mismatch, errors = filecmp.cmpfiles(ref, new, names, shallow=False)
     assert names and not mismatch and not errors
+
+
+def test_local_ray_dashboard_on_loopback():
+    """A local instance started by the pipeline with its dashboard on: bound to 127.0.0.1."""
+    code = ("from pipeline.config import RayConfig\nfrom pipeline.ray_setup import init_ray\nimport ray\n"
+            "init_ray(RayConfig(num_cpus=1, include_dashboard=True))\n"
+            "print('DASH', ray._private.worker.get_dashboard_url())\n"
+            "print('NODE', ray.util.get_node_ip_address())\nray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    r = subprocess.run([PY, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in r.stdout.splitlines() if line.startswith(("DASH", "NODE")))
+    assert lines["DASH"].startswith("127.0.0.1:") and lines["NODE"] == "127.0.0.1"
