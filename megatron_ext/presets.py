@@ -17,7 +17,7 @@ _LLM_KEYS = {"num_layers", "hidden_size", "ffn_hidden_size", "num_attention_head
 def load_preset(name_or_path: str) -> dict:
     """A preset by name ('tiny', 'qwen2.5-7b-rose') or by path to a YAML file."""
     path = Path(name_or_path)
-    if not path.suffix:
+    if path.suffix not in (".yaml", ".yml"):  # 'qwen2.5-7b-rose' has a dot but is a name
         path = CONFIG_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))

@@ -64,7 +64,8 @@ def block_diag_matrix(blocks: torch.Tensor) -> torch.Tensor:
     return out.reshape(*lead, nb * b, nb * b)
 
 
-def rotate_transposed(x: torch.Tensor, T: torch.Tensor, block_size: int) -> torch.Tensor:
+def rotate_transposed(x: torch.Tensor, T: torch.Tensor, block_size: int,
+                      apply: str = "auto") -> torch.Tensor:
     """R^T x for the block-diagonal R built from T, applied on the last dimension of x.
 
     Shapes: x is (*X, nb*b) and T is (*B, nb, b(b-1)/2). T's leading dims *B line up with the
@@ -73,7 +74,14 @@ def rotate_transposed(x: torch.Tensor, T: torch.Tensor, block_size: int) -> torc
     factorisation. So x (s, b, h) with T (b, nb, t) rotates every token of sample i by R_i;
     T without leading dims rotates all of x by the same R.
 
-    Computed as 2 * solve(I + P, x) - x in fp32, returned in x's dtype; differentiable in x and T.
+    R^T x = 2 (I + P)^{-1} x - x, in fp32 (fp64 stays fp64), returned in x's dtype; differentiable
+    in x and T. One LU factorisation per block and sample; its inverse is applied one of two ways:
+      "solve":  2 * solve(I + P, x) - x, the tokens as right-hand sides of triangular solves;
+      "matmul": the same LU solved against the block identity gives R^T = 2 (I + P)^{-1} - I
+                (b x b per block), applied to the tokens with one batched GEMM.
+    They agree to fp32 rounding. "auto" takes "matmul" when a factorisation serves at least
+    block_size tokens (training, prefill): triangular solves with many right-hand sides run far
+    below GEMM speed (bench/bench_layer.py measures both), and "solve" otherwise (decoding).
     """
     nb, t = T.shape[-2], T.shape[-1]
     if x.shape[-1] != nb * block_size:
@@ -88,19 +96,30 @@ def rotate_transposed(x: torch.Tensor, T: torch.Tensor, block_size: int) -> torc
     if any(tb not in (1, xp) for xp, tb in zip(lead[len(lead) - k:], batch)):
         raise ValueError(f"T's leading dims {tuple(batch)} do not line up with the trailing leading "
                          f"dims of x {tuple(lead)} (each must match or be 1)")
+    if apply not in ("auto", "solve", "matmul"):
+        raise ValueError(f"apply={apply!r}: choose 'auto', 'solve' or 'matmul'")
     shared = lead[: len(lead) - k]  # dims of x that share one rotation (e.g. the sequence)
     per = lead[len(lead) - k:]
+    tokens = 1
+    for d in shared:
+        tokens *= d
+    if apply == "auto":
+        apply = "matmul" if tokens >= block_size else "solve"
 
-    # (*shared, *per, nb, b) -> (*per, nb, b, S): tokens become right-hand sides of one solve.
     dtype = _solve_dtype(torch.promote_types(x.dtype, T.dtype))
+    eye = torch.eye(block_size, dtype=dtype, device=x.device)
     with torch.autocast(x.device.type, enabled=False):  # the solve stays in fp32 under autocast
-        xs = x.to(dtype).reshape(-1, *per, nb, block_size)
-        xs = xs.permute(*range(1, k + 1), k + 1, k + 2, 0)
-        A = skew_from_tril(T.to(dtype), block_size)
-        A = A + torch.eye(block_size, dtype=dtype, device=A.device)
+        A = skew_from_tril(T.to(dtype), block_size) + eye
         if k:
             A = A.expand(*torch.broadcast_shapes(per, batch), nb, block_size, block_size)
-        y = 2.0 * torch.linalg.solve(A, xs) - xs
-    # back to (*shared, *per, nb*b)
-    y = y.permute(k + 2, *range(0, k + 2)).reshape(*shared, *per, nb * block_size)
-    return y.to(x.dtype)
+        xs = x.to(dtype).reshape(tokens, *per, nb, block_size)
+        if apply == "solve":  # (*per, nb, b, S): the tokens are right-hand sides
+            xs = xs.permute(*range(1, k + 1), k + 1, k + 2, 0)
+            y = 2.0 * torch.linalg.solve(A, xs) - xs
+            y = y.permute(k + 2, *range(0, k + 2))
+        else:                 # (*per, nb, S, b) @ R: rows are tokens, (R^T x)^T = x^T R
+            Rt = 2.0 * torch.linalg.solve(A, eye.expand_as(A)) - eye
+            xs = xs.permute(*range(1, k + 1), k + 1, 0, k + 2)
+            y = torch.matmul(xs, Rt.transpose(-1, -2))
+            y = y.permute(k + 1, *range(0, k + 1), k + 2)
+    return y.reshape(*shared, *per, nb * block_size).to(x.dtype)

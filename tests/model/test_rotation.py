@@ -50,15 +50,21 @@ def test_rotation_keeps_column_norms_and_pairwise_angles():
     torch.testing.assert_close(cos(RW), cos(W), atol=1e-5, rtol=1e-5)
 
 
-def test_rotate_transposed_matches_explicit_rotation_per_sample():
-    b, nb, s, batch = 8, 4, 5, 3
+@pytest.mark.parametrize("apply", ["solve", "matmul", "auto"])
+@pytest.mark.parametrize("s", [5, 20])  # fewer and more tokens than the block size
+def test_rotate_transposed_matches_explicit_rotation_per_sample(apply, s):
+    b, nb, batch = 8, 4, 3
     T = _T(batch, blocks=nb, b=b)
     x = torch.randn(s, batch, nb * b)  # Megatron layout: (seq, batch, hidden), T per sample
     R = block_diag_matrix(block_cayley(T, b))  # (batch, d, d)
     ref = torch.einsum("bji,sbj->sbi", R, x)  # R^T x per token
-    torch.testing.assert_close(rotate_transposed(x, T, b), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rotate_transposed(x, T, b, apply), ref, atol=1e-5, rtol=1e-5)
     # T without leading dims: one rotation for every token
-    torch.testing.assert_close(rotate_transposed(x, T[1], b), x @ R[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rotate_transposed(x, T[1], b, apply), x @ R[1], atol=1e-5, rtol=1e-5)
+    # batch-first activations (Hugging Face layout) with T broadcast over the sequence
+    xb = x.transpose(0, 1)
+    torch.testing.assert_close(rotate_transposed(xb, T[:, None], b, apply), ref.transpose(0, 1),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_rotated_projection_equals_materialised_weight():
@@ -73,11 +79,12 @@ def test_rotated_projection_equals_materialised_weight():
                                materialised, atol=1e-5, rtol=1e-5)
 
 
-def test_low_precision_input_is_solved_in_fp32():
+@pytest.mark.parametrize("apply", ["solve", "matmul"])
+def test_low_precision_input_is_solved_in_fp32(apply):
     b, nb = 16, 4
     T = _T(2, blocks=nb, b=b, scale=3.0).bfloat16()
     x = torch.randn(9, 2, nb * b).bfloat16()
-    y = rotate_transposed(x, T, b)
+    y = rotate_transposed(x, T, b, apply)
     assert y.dtype == torch.bfloat16
     R = block_diag_matrix(block_cayley(T, b))
     ref = torch.einsum("bji,sbj->sbi", R, x.float())
@@ -87,11 +94,12 @@ def test_low_precision_input_is_solved_in_fp32():
     torch.testing.assert_close(y.float().norm(dim=-1), x.float().norm(dim=-1), rtol=1e-2, atol=1e-2)
 
 
-def test_rotate_transposed_gradients():
+@pytest.mark.parametrize("apply", ["solve", "matmul"])
+def test_rotate_transposed_gradients(apply):
     b, nb = 4, 2
     T = _T(2, blocks=nb, b=b).double().requires_grad_()
     x = torch.randn(3, 2, nb * b, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, T: rotate_transposed(x, T, b), (x, T))
+    assert torch.autograd.gradcheck(lambda x, T: rotate_transposed(x, T, b, apply), (x, T))
 
 
 def test_shape_errors_name_the_mismatch():
@@ -99,5 +107,7 @@ def test_shape_errors_name_the_mismatch():
         rotate_transposed(torch.randn(2, 30), _T(blocks=4, b=8), 8)
     with pytest.raises(ValueError, match="block_size=6 needs 15"):
         rotate_transposed(torch.randn(2, 24), _T(blocks=4, b=8), 6)
+    with pytest.raises(ValueError, match="apply='lu': choose"):
+        rotate_transposed(torch.randn(2, 32), _T(blocks=4, b=8), 8, apply="lu")
     with pytest.raises(ValueError, match="do not line up"):
         rotate_transposed(torch.randn(5, 2, 32), _T(3, blocks=4, b=8), 8)
