@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 SHIPPED = [HERE / "hf" / "remote" / "configuration_paramvision.py",
            HERE / "hf" / "remote" / "modeling_paramvision.py",
-           HERE / "hf" / "remote" / "processing_paramvision.py", HERE / "rotation.py", HERE / "vrmg.py"]
+           HERE / "hf" / "remote" / "processing_paramvision.py", HERE / "rotation.py", HERE / "vrmg.py",
+           HERE / "vlora_generator.py"]
 AUTO_MAP = {"AutoConfig": "configuration_paramvision.ParamVisionConfig",
             "AutoModelForCausalLM": "modeling_paramvision.ParamVisionForCausalLM"}
 
@@ -40,9 +41,30 @@ def qwen2_text_config(llm: dict, hf_vocab_size: int, dtype: str = "float32"):
         tie_word_embeddings=bool(llm.get("tie_word_embeddings", False)), dtype=dtype)
 
 
-def export_rose(vlm, llm: dict, out_dir: str | Path, tokenizer, image_processor,
-                max_shard_size: str = "2GB", max_new_tokens: int = 64) -> Path:
-    """Write a ROSE VisionLanguageModel (built at TP=1, PP=1, weights loaded) as a HF folder."""
+def _injection(lm) -> tuple[str, str, dict]:
+    """(method, state-dict prefix of its generator, the settings the modeling code rebuilds it from)."""
+    from megatron_ext.model import ROSEModel
+    from megatron_ext.vlora import VLoRAModel
+
+    if isinstance(lm, ROSEModel):
+        rose = lm.rose
+        return "rose", "vrmg", {"layers": rose.equipped_layers(lm.config.num_layers),
+                                "projections": list(rose.projections), "blocks": rose.blocks,
+                                "generator_width": rose.generator_width,
+                                "generator_heads": rose.generator_heads}
+    if isinstance(lm, VLoRAModel):
+        v = lm.vlora
+        return "vlora", "generator", {
+            "layers": lm.all_equipped, "weight_types": list(v.weight_types), "rank": v.rank,
+            "scale": (v.alpha if v.alpha is not None else v.rank) / v.rank,
+            "generator_width": v.generator_width, "generator_depth": v.generator_depth,
+            "generator_heads": v.generator_heads, "generator_mlp_ratio": v.generator_mlp_ratio}
+    raise ValueError(f"no Hugging Face export for {type(lm).__name__} yet")
+
+
+def export_model(vlm, llm: dict, out_dir: str | Path, tokenizer, image_processor,
+                 max_shard_size: str = "2GB", max_new_tokens: int = 64) -> Path:
+    """Write a VisionLanguageModel (ROSE or VLoRA; built at TP=1, PP=1, weights loaded) as a HF folder."""
     from huggingface_hub import save_torch_state_dict
     from transformers import GenerationConfig
 
@@ -51,7 +73,8 @@ def export_rose(vlm, llm: dict, out_dir: str | Path, tokenizer, image_processor,
     if parallel_state.get_tensor_model_parallel_world_size() * \
             parallel_state.get_pipeline_model_parallel_world_size() != 1:
         raise ValueError("export from a TP=1, PP=1 model (distributed checkpoints reshard on load)")
-    lm, rose = vlm.lm, vlm.lm.rose
+    lm = vlm.lm
+    method, generator_prefix, injection = _injection(lm)
     hf_vocab = len(tokenizer)
     if hf_vocab > llm["vocab_size"]:
         raise ValueError(f"the tokenizer has {hf_vocab} ids but the model's vocabulary is {llm['vocab_size']}")
@@ -59,7 +82,7 @@ def export_rose(vlm, llm: dict, out_dir: str | Path, tokenizer, image_processor,
     out.mkdir(parents=True, exist_ok=True)
 
     state = megatron_to_hf(lm.language_model.state_dict(), lm.config, hf_vocab, prefix="language_model.")
-    state.update({f"vrmg.{k}": v.detach().clone() for k, v in lm.generator.state_dict().items()})
+    state.update({f"{generator_prefix}.{k}": v.detach().clone() for k, v in lm.generator.state_dict().items()})
     state.update({f"vision_tower.{k}": v.detach().clone() for k, v in vlm.vision.model.state_dict().items()})
     save_torch_state_dict(state, out, max_shard_size=max_shard_size)
 
@@ -68,12 +91,10 @@ def export_rose(vlm, llm: dict, out_dir: str | Path, tokenizer, image_processor,
     dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
     config = {
         "architectures": ["ParamVisionForCausalLM"], "model_type": "paramvision", "auto_map": AUTO_MAP,
-        "method": "rose", "feature_layer": vlm.vision.feature_layer, "dtype": dtype,
+        "method": method, "feature_layer": vlm.vision.feature_layer, "dtype": dtype,
         "text_config": qwen2_text_config(llm, hf_vocab, dtype).to_dict(),
         "vision_config": vlm.vision.model.config.to_dict(),
-        "injection": {"layers": rose.equipped_layers(lm.config.num_layers),
-                      "projections": list(rose.projections), "blocks": rose.blocks,
-                      "generator_width": rose.generator_width, "generator_heads": rose.generator_heads},
+        "injection": injection,
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer.save_pretrained(out)

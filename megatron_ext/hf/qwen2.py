@@ -132,6 +132,7 @@ _NORMS = {"input_layernorm.weight": "input_layernorm", "self_attention.linear_qk
           "input_layernorm", "pre_mlp_layernorm.weight": "post_attention_layernorm",
           "mlp.linear_fc1.layer_norm_weight": "post_attention_layernorm"}
 _LINEAR = re.compile(r"^(?:self_attention|mlp)\.(linear_\w+?)(?:\.parts\.(\w+))?\.(weight|bias)$")
+_LORA_B = re.compile(r"^(?:self_attention|mlp)\.linear_\w+?\.lora_B\.(\w+)$")
 
 
 def _target(reader: _Reader, key: str, offset: int, padded_vocab: int):
@@ -224,9 +225,13 @@ def megatron_to_hf(state: dict, config, hf_vocab_size: int, prefix: str = "") ->
             if rest in _NORMS:
                 put(f"{base}{_NORMS[rest]}.weight", t)
                 continue
+            if lb := _LORA_B.match(rest):  # VLoRA's W_s, kept beside its projection
+                put(f"{base}{_HF_LINEAR[lb.group(1)]}.lora_B", t)
+                continue
             lm = _LINEAR.match(rest)
             if not lm:
-                raise KeyError(f"no Hugging Face name for Megatron tensor '{key}'")
+                raise KeyError(f"no Hugging Face name for Megatron tensor '{key}' (static LoRA "
+                               "adapters are merged before export)")
             linear, part, kind = lm.groups()
             if part is not None:
                 pieces = {part: t}

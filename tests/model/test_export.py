@@ -1,6 +1,6 @@
-"""Export to a Hugging Face folder: transformers loads it (trust_remote_code), its logits equal
-Megatron's, merge_vision gives a plain Qwen2 with the same logits for that image, and the
-processor + generate path captions an image."""
+"""Export of ROSE and VLoRA to a Hugging Face folder: transformers loads it (trust_remote_code), its
+logits equal Megatron's, merge_vision gives a plain Qwen2 with the same logits for that image, and
+the processor + generate path captions an image."""
 
 import json
 
@@ -13,30 +13,40 @@ pytestmark = pytest.mark.usefixtures("megatron_single_process")
 IMAGE = 32
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=["rose", "vlora"])
+def exported(request, tmp_path_factory):
     from transformers import SiglipImageProcessorPil, SiglipVisionConfig
 
-    from megatron_ext.export import export_rose
-    from megatron_ext.model import build_rose
+    from megatron_ext.export import export_model
+    from megatron_ext.methods import build_model, resolve_preset
     from megatron_ext.vision_tower import VisionTower
     from megatron_ext.vlm import VisionLanguageModel
     from recaption.tiny import build_tokenizer
-    from rose_helpers import PRESET, randomize_generator
+    from rose_helpers import randomize_generator
 
     tokenizer = build_tokenizer()
-    preset = json.loads(json.dumps(PRESET))
+    method = request.param
+    preset = json.loads(json.dumps(resolve_preset("tiny" if method == "rose" else "tiny-vlora")))
     preset["llm"]["vocab_size"] = 151680  # the real Qwen2.5 vocabulary, padded to a multiple of 128
     torch.manual_seed(0)
-    lm = build_rose(preset, backend="local")
-    randomize_generator(lm, scale=0.1)
+    lm = build_model(preset, method=method, backend="local")
+    if method == "rose":
+        randomize_generator(lm, scale=0.1)
+        equipped = lm.rose.equipped_layers(lm.config.num_layers)
+    else:  # W_s starts at zero; give it weights so the branch is not a no-op
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, p in sorted(lm.named_parameters()):
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        equipped = lm.all_equipped
     tower = VisionTower.from_config(SiglipVisionConfig(
         hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         image_size=IMAGE, patch_size=8), feature_layer=-1)
-    vlm = VisionLanguageModel(lm, tower, lm.rose.equipped_layers(lm.config.num_layers), train_vision=False)
-    out = tmp_path_factory.mktemp("export") / "rose-tiny"
-    export_rose(vlm, preset["llm"], out, tokenizer,
-                SiglipImageProcessorPil(size={"height": IMAGE, "width": IMAGE}), max_shard_size="5MB")
+    vlm = VisionLanguageModel(lm, tower, equipped, train_vision=False)
+    out = tmp_path_factory.mktemp("export") / f"{method}-tiny"
+    export_model(vlm, preset["llm"], out, tokenizer,
+                 SiglipImageProcessorPil(size={"height": IMAGE, "width": IMAGE}), max_shard_size="5MB")
     return vlm, out, tokenizer
 
 
@@ -50,7 +60,8 @@ def test_folder_layout(exported):
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_paramvision.ParamVisionForCausalLM"
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1  # sharded
-    for f in ("modeling_paramvision.py", "rotation.py", "vrmg.py", "generation_config.json",
+    for f in ("modeling_paramvision.py", "rotation.py", "vrmg.py", "vlora_generator.py",
+              "generation_config.json",
               "tokenizer_config.json", "processor_config.json"):
         assert (out / f).is_file(), f
 

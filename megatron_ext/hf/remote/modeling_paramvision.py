@@ -1,9 +1,13 @@
-"""An exported ROSE model: vision encoder -> VRMG -> per-image rotations of a Qwen2 LLM's projections.
+"""An exported parameter-space vision model: vision encoder -> generator -> per-image changes of a
+Qwen2 LLM's projections, with nothing added to the token sequence.
 
-`model.generate(input_ids, pixel_values=...)` captions/answers about an image; the rotations are
-computed once per image (at the first step) and reused for every generated token.
-`model.merge_vision(pixel_values)` returns a plain Qwen2ForCausalLM with that image's rotations
-merged into its weights (W^T R^T), the paper's inference mode.
+  ROSE:  the VRMG gives per-image rotations; a projection computes W^T (R^T x).
+  VLoRA: the perceptual weights generator gives W_v; a projection computes x W + (x W_v) W_s.
+
+`model.generate(input_ids, pixel_values=...)` answers about an image; the image's conditioning is
+computed once (at the first step) and reused for every generated token.
+`model.merge_vision(pixel_values)` returns a plain Qwen2ForCausalLM with one image merged into its
+weights (ROSE: W^T R^T; VLoRA: W + W_v W_s), the papers' inference mode.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_paramvision import ParamVisionConfig
 from .rotation import block_cayley, block_diag_matrix, rotate_transposed
+from .vlora_generator import PerceptualWeightsGenerator
 from .vrmg import VRMG
 
 _HF_NAMES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
@@ -25,11 +30,14 @@ _HF_NAMES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v
              "down": "mlp.down_proj"}
 
 
+_VLORA_PARTS = {"mlp": ("gate", "up")}  # VLoRA weight type -> the projections sharing its W_v
+
+
 def input_dims(text_config) -> dict:
     heads = text_config.num_attention_heads
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
     h = text_config.hidden_size
-    return {"q": h, "k": h, "v": h, "o": heads * head_dim, "gate": h, "up": h,
+    return {"q": h, "k": h, "v": h, "o": heads * head_dim, "gate": h, "up": h, "mlp": h,
             "down": text_config.intermediate_size}
 
 
@@ -50,6 +58,33 @@ class RotatedProjection(nn.Linear):
         return super().forward(x)
 
 
+class PerceptualLoRAProjection(nn.Linear):
+    """nn.Linear plus VLoRA's per-image branch scale * (x W_v) W_s; W_s is `lora_B` (out x rank)."""
+
+    def __init__(self, linear: nn.Linear, key, rank: int, scale: float, conditioning: dict):
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                         device=linear.weight.device, dtype=linear.weight.dtype)
+        self.weight, self.bias = linear.weight, linear.bias
+        self.lora_B = nn.Parameter(torch.zeros(linear.out_features, rank, dtype=linear.weight.dtype))
+        self.key, self.scale, self.conditioning = key, scale, conditioning
+
+    def forward(self, x):
+        out = super().forward(x)
+        W_v = self.conditioning.get(self.key)  # (batch, in, rank)
+        if W_v is not None:
+            out = out + self.scale * torch.einsum("bsi,bir->bsr", x, W_v.to(x.dtype)) @ self.lora_B.T
+        return out
+
+    def delta(self, W_v: torch.Tensor) -> torch.Tensor:
+        """scale * (W_v W_s)^T in the weight's (out, in) layout, for one image's W_v (in, rank)."""
+        return self.scale * self.lora_B @ W_v.T
+
+
+def _projection(layer_module, projection: str):
+    owner_name, attr = _HF_NAMES[projection].split(".")
+    return getattr(layer_module, owner_name), attr
+
+
 class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = ParamVisionConfig
     base_model_prefix = ""
@@ -60,22 +95,38 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
         inj = config.injection
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.language_model = Qwen2ForCausalLM(config.text_config)
-        dims = {p: input_dims(config.text_config)[p] for p in inj["projections"]}
-        sizes = {p: d // inj["blocks"] for p, d in dims.items()}
-        rose = SimpleNamespace(projections=tuple(inj["projections"]), blocks=inj["blocks"],
-                               visual_dim=config.vision_config.hidden_size,
-                               generator_width=inj["generator_width"],
-                               generator_heads=inj["generator_heads"], block_sizes=lambda _: sizes)
         self.layers = list(inj["layers"])
-        self.vrmg = VRMG(rose, None, self.layers)
-        self._rotations: dict = {}
+        self._conditioning: dict = {}
         decoder = self.language_model.model.layers
-        for layer in self.layers:
-            for p in inj["projections"]:
-                owner_name, attr = _HF_NAMES[p].split(".")
-                owner = getattr(decoder[layer - 1], owner_name)
-                setattr(owner, attr, RotatedProjection(getattr(owner, attr), (layer, p), sizes[p],
-                                                       self._rotations))
+        dims = input_dims(config.text_config)
+        if config.method == "rose":
+            sizes = {p: dims[p] // inj["blocks"] for p in inj["projections"]}
+            rose = SimpleNamespace(projections=tuple(inj["projections"]), blocks=inj["blocks"],
+                                   visual_dim=config.vision_config.hidden_size,
+                                   generator_width=inj["generator_width"],
+                                   generator_heads=inj["generator_heads"], block_sizes=lambda _: sizes)
+            self.vrmg = VRMG(rose, None, self.layers)
+            for layer in self.layers:
+                for p in inj["projections"]:
+                    owner, attr = _projection(decoder[layer - 1], p)
+                    setattr(owner, attr, RotatedProjection(getattr(owner, attr), (layer, p), sizes[p],
+                                                           self._conditioning))
+        elif config.method == "vlora":
+            types = tuple(inj["weight_types"])
+            vcfg = SimpleNamespace(weight_types=types, rank=inj["rank"], visual_dim=config.vision_config.hidden_size,
+                                   generator_width=inj["generator_width"], generator_depth=inj["generator_depth"],
+                                   generator_heads=inj["generator_heads"],
+                                   generator_mlp_ratio=inj["generator_mlp_ratio"],
+                                   input_dims=lambda _: {t: dims[t] for t in types})
+            self.generator = PerceptualWeightsGenerator(vcfg, None, self.layers, self.layers)
+            for layer in self.layers:
+                for t in types:
+                    for p in _VLORA_PARTS.get(t, (t,)):
+                        owner, attr = _projection(decoder[layer - 1], p)
+                        setattr(owner, attr, PerceptualLoRAProjection(
+                            getattr(owner, attr), (layer, t), inj["rank"], inj["scale"], self._conditioning))
+        else:
+            raise ValueError(f"method {config.method!r} has no modeling code in this export")
         self.post_init()
 
     def get_input_embeddings(self):
@@ -86,11 +137,16 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
         feats = out.hidden_states[self.config.feature_layer]
         return feats[:, 1:] if self.config.vision_config.model_type.startswith("clip") else feats
 
+    def conditioning(self, pixel_values, **vision_inputs) -> dict:
+        """{(layer, projection or weight type): T (ROSE) or W_v (VLoRA)} for these images."""
+        generator = self.vrmg if self.config.method == "rose" else self.generator
+        return generator(self.visual_features(pixel_values, **vision_inputs))
+
     def set_image(self, pixel_values, **vision_inputs) -> dict:
-        """Compute and hold the rotations of these images for the following forward calls."""
-        self._rotations.clear()
-        self._rotations.update(self.vrmg(self.visual_features(pixel_values, **vision_inputs)))
-        return dict(self._rotations)
+        """Compute and hold these images' conditioning for the following forward calls."""
+        self._conditioning.clear()
+        self._conditioning.update(self.conditioning(pixel_values, **vision_inputs))
+        return dict(self._conditioning)
 
     def forward(self, input_ids=None, attention_mask=None, pixel_values=None, labels=None,
                 past_key_values=None, cache_position=None, **kwargs):
@@ -98,7 +154,7 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
         if pixel_values is not None and first_step:
             self.set_image(pixel_values)
         elif pixel_values is None and first_step:
-            self._rotations.clear()  # text only: the plain LLM
+            self._conditioning.clear()  # text only: the plain LLM
         out = self.language_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                                   past_key_values=past_key_values, cache_position=cache_position,
                                   **kwargs)
@@ -112,15 +168,23 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def merge_vision(self, pixel_values, **vision_inputs) -> Qwen2ForCausalLM:
-        """A plain Qwen2ForCausalLM whose projections carry one image's rotation: W^T R^T."""
+        """A plain Qwen2ForCausalLM whose projections carry one image (batch of 1) in their weights."""
         if pixel_values.shape[0] != 1:
             raise ValueError("merge_vision takes one image (pixel_values of batch size 1)")
-        T = self.vrmg(self.visual_features(pixel_values, **vision_inputs))
+        cond = self.conditioning(pixel_values, **vision_inputs)
         merged = Qwen2ForCausalLM(self.config.text_config).to(self.device, self.dtype)
-        merged.load_state_dict(self.language_model.state_dict())
-        for (layer, p), t in T.items():
-            owner_name, attr = _HF_NAMES[p].split(".")
-            linear = getattr(getattr(merged.model.layers[layer - 1], owner_name), attr)
-            R = block_diag_matrix(block_cayley(t[0], linear.in_features // t.shape[-2]))
-            linear.weight.copy_((linear.weight.float() @ R.T).to(linear.weight.dtype))
+        state = {k: v for k, v in self.language_model.state_dict().items() if not k.endswith("lora_B")}
+        merged.load_state_dict(state)
+        ours = self.language_model.model.layers
+        for layer in self.layers:
+            for p in _HF_NAMES:
+                owner, attr = _projection(ours[layer - 1], p)
+                module = getattr(owner, attr)
+                target = getattr(_projection(merged.model.layers[layer - 1], p)[0], attr)
+                if isinstance(module, RotatedProjection):  # W^T R^T
+                    t = cond[module.key][0]
+                    R = block_diag_matrix(block_cayley(t, module.in_features // t.shape[-2]))
+                    target.weight.copy_((target.weight.float() @ R.T).to(target.weight.dtype))
+                elif isinstance(module, PerceptualLoRAProjection):  # W + W_v W_s
+                    target.weight.add_(module.delta(cond[module.key][0]).to(target.weight.dtype))
         return merged
