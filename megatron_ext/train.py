@@ -28,12 +28,13 @@ log = logging.getLogger("train")
 
 
 class _Preemption:
-    """SIGUSR1/SIGTERM (Slurm's warning before preemption or time limit): save, then exit."""
+    """SIGUSR1 (Slurm's `--signal=USR1@<s>` warning before preemption or the time limit): save at
+    the end of the step, then exit; the requeued job resumes from that checkpoint. SIGTERM keeps
+    its default (a hung collective must stay killable)."""
 
     def __init__(self):
         self.flag = False
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._set)
+        signal.signal(signal.SIGUSR1, self._set)
 
     def _set(self, signum, _frame):
         log.warning("received signal %d: checkpointing after this step, then exiting", signum)
@@ -172,7 +173,7 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
                 if rank0:
                     log.info("checkpoint: %s", path)
             if cfg.debug.exit_after_step == step:  # fault injection (tests): a kill between saves
-                os._exit(19)
+                raise SystemExit(19)
             if stop:
                 if rank0:
                     log.warning("stopped at step %d for preemption; a requeued job resumes here", step)

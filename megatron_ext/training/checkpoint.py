@@ -88,7 +88,7 @@ def save(root: Path, step: int, model, optimizer, scheduler, loader, extra: dict
     dist_checkpointing.save(_state(model, optimizer, scheduler, loader, step, False, extra), str(tmp))
     if die_midway:  # fault injection (tests): the data is written, nothing is renamed yet
         log.error("debug.die_in_save_at_step=%d: exiting in the middle of the save", step)
-        os._exit(17)
+        raise SystemExit(17)  # (not os._exit: that strands the checkpoint writer's children)
     dist.barrier()
     if dist.get_rank() == 0:
         if final.exists():
@@ -127,6 +127,16 @@ def load(path: Path, model, optimizer, scheduler, loader) -> dict:
     return {"step": int(state["step"]), "extra": state["extra"]}
 
 
+def _stored_keys(sh) -> set:
+    """The checkpoint keys an entry reads (a factory, e.g. SwiGLU's fc1, stores what it builds)."""
+    from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+
+    if isinstance(sh, ShardedTensorFactory):
+        return {t.key for t in nested_values(sh.build())}
+    return {getattr(sh, "key", None)}
+
+
 def load_weights(path: Path, model) -> dict:
     """Model weights only, at any TP/PP layout (stage chaining, resharding). Parameters the
     checkpoint does not have (a part new to this stage) keep their initialisation and are listed."""
@@ -134,7 +144,7 @@ def load_weights(path: Path, model) -> dict:
 
     sharded = {"model": per_layer(model.sharded_state_dict())}
     saved = set(dist_checkpointing.load_tensors_metadata(str(path)))
-    present = {k: v for k, v in sharded["model"].items() if getattr(v, "key", k) in saved}
+    present = {k: v for k, v in sharded["model"].items() if _stored_keys(v) <= saved}
     missing = sorted(k for k in sharded["model"] if k not in present)
     state = dist_checkpointing.load({"model": present}, str(path))
     result = model.load_state_dict(state["model"], strict=False)

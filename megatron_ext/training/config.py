@@ -128,8 +128,32 @@ def _build(cls, values: dict, where: str):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{name} must be a mapping, got {value!r}")
             value = _build(f.default_factory, value, f"{where}.{name}" if where else name)
-        kwargs[name] = value
+        kwargs[name] = _coerce(value, f.type, f"{where}.{name}" if where else name)
     return cls(**kwargs)
+
+
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _coerce(value, type_name, where: str):
+    """YAML 1.1 reads `2e-3` as a string and `10` as an int where a float is meant: convert to the
+    field's declared scalar type, or say what was expected."""
+    if value is None or not isinstance(type_name, str):
+        return value
+    name = type_name.replace("Optional[", "").rstrip("]")
+    target = _SCALARS.get(name)
+    if target is None or isinstance(value, target) and not (target is int and isinstance(value, bool)):
+        return value
+    try:
+        if target is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if target is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return target(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be {name}, got {value!r}") from None
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -24,6 +24,12 @@ def make_finalize(model):
     from megatron.core.distributed import finalize_model_grads
 
     replicated = pipeline_replicated_params(model)
+    # finalize_model_grads looks for tied word embeddings on the outermost module with
+    # `pre_process` (our wrapper, not the GPTModel inside): answer for the GPTModel
+    lm = getattr(model, "language_model", None)
+    if lm is not None and not hasattr(model, "share_embeddings_and_output_weights"):
+        model.share_embeddings_and_output_weights = lm.share_embeddings_and_output_weights
+        model.shared_embedding_or_output_weight = lm.shared_embedding_or_output_weight
 
     def finalize(model_chunks, num_tokens=None, pg_collection=None, force_all_reduce=False):
         if replicated and parallel_state.get_pipeline_model_parallel_world_size() > 1:

@@ -24,7 +24,8 @@ def forward_step_func(nan: bool = False):
             loss = (per_token.float() * mask).sum() / mask.sum().clamp(min=1)
             if nan:  # fault injection (debug.nan_at_step)
                 loss = loss * float("nan")
-            return loss, {"loss": loss.detach()}
+            # the schedule scales the returned loss in place: report a copy
+            return loss, {"loss": loss.detach().clone()}
 
         return out, loss_func
 
