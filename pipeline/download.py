@@ -22,7 +22,7 @@ from pipeline import accounting  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.image_guard import check_bytes  # noqa: E402
 from pipeline.inputs import prepare  # noqa: E402
-from pipeline.stage_io import DOWNLOAD, INPUT, finished_shards  # noqa: E402
+from pipeline.stage_io import DOWNLOAD, INPUT, finished_shards, guard_settings, settings  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,9 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
     from img2dataset import download
 
     in_dir, out_dir = cfg.stage_dir(INPUT), cfg.stage_dir(DOWNLOAD)
+    guard_settings(out_dir, "download", dict(settings(cfg, "download", ("processes", "threads", "distributor")),
+                                             input=os.path.abspath(cfg.input), url_col=cfg.url_col,
+                                             caption_col=cfg.caption_col))
     _, todo = prepare(cfg.input, cfg.url_col, cfg.caption_col, in_dir)
     d = cfg.download
     distributor = d.distributor

@@ -93,7 +93,9 @@ def shard_features(shard: str, cfg: PipelineConfig) -> pd.DataFrame:
 
 
 def _features_path(cfg, shard: str) -> str:
-    return os.path.join(cfg.stage_dir(FILTER), "features", shard_name(shard) + ".parquet")
+    """Cached per settings: changing a threshold re-measures instead of reusing stale reasons."""
+    key = cfg.hash("filter") + ("-" + cfg.hash("recaption") if cfg.recaption.enabled else "")
+    return os.path.join(cfg.stage_dir(FILTER), "features", key, shard_name(shard) + ".parquet")
 
 
 def _compute(cfg: PipelineConfig, shards: list) -> None:

@@ -25,7 +25,7 @@ from pipeline import accounting  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.fsio import iter_tar, read_at, remove_stale_temps, shard_name, tar_index, write_tar_atomic  # noqa: E402
 from pipeline.samples import parse, sample_key  # noqa: E402
-from pipeline.stage_io import RECAPTION, previous_decisions, source_shards  # noqa: E402
+from pipeline.stage_io import RECAPTION, guard_settings, previous_decisions, settings, source_shards  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,9 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
     backend = select_backend(rc.backend)
     want = accounting.passed(previous_decisions(cfg, "recaption"))
     shards = source_shards(cfg, "recaption")
-    os.makedirs(cfg.stage_dir(RECAPTION), exist_ok=True)
+    # Captions are expensive: a resume with another model or prompt is refused, not mixed in.
+    guard_settings(cfg.stage_dir(RECAPTION), "recaption",
+                   dict(settings(cfg, "recaption", ("num_actors", "num_gpus_per_actor", "vllm")), backend=backend))
     remove_stale_temps(cfg.stage_dir(RECAPTION))
     todo = [s for s in shards if not all(os.path.exists(p) for p in _paths(cfg, s))]
     log.info("recaption: backend=%s (requested %s), model=%s, prompt=%r, %d actors x batch %d; "

@@ -3,6 +3,8 @@ each with a DALI index; a manifest the training loader reads. Deterministic: the
 config give byte-identical shards, so a killed run resumes by skipping finished shards."""
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import logging
 import os
@@ -58,6 +60,22 @@ def write_shard(chunk: pd.DataFrame, sources: dict, path: str, cfg: PipelineConf
     write_tar_atomic(path, samples)
 
 
+def _forget_other_plans(out: str, chunks: list, cfg: PipelineConfig) -> None:
+    """Finished shards are reused only if they belong to this exact plan (samples, order, text);
+    shards of another plan (new seed, new filter output) are deleted and rewritten (cheap)."""
+    digest = hashlib.sha256(json.dumps([[int(u) for u in c.uid] for c in chunks] +
+                                       [cfg.filter.text_field, cfg.recaption.enabled, cfg.shard.prefix]).encode())
+    path = os.path.join(out, "plan.sha256")
+    if os.path.exists(path) and open(path).read() == digest.hexdigest():
+        return
+    stale = glob.glob(os.path.join(out, f"{cfg.shard.prefix}-*.tar")) + glob.glob(os.path.join(out, f"{cfg.shard.prefix}-*.idx"))
+    if stale:
+        log.warning("shard: %d files in %s belong to another plan; rewriting them", len(stale), out)
+    for p in stale:
+        os.remove(p)
+    write_bytes_atomic(path, digest.hexdigest().encode())
+
+
 def run(cfg: PipelineConfig) -> pd.DataFrame:
     expected = previous_decisions(cfg, "shard")
     kept_path = os.path.join(cfg.stage_dir(FILTER), "kept.parquet")
@@ -68,6 +86,7 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
     os.makedirs(out, exist_ok=True)
     remove_stale_temps(out)
     chunks, rest = plan(kept, sc.samples_per_shard, sc.seed, sc.drop_last)
+    _forget_other_plans(out, chunks, cfg)
     sources = {shard_name(p): p for p in source_shards(cfg, "filter")}
     indexes, entries = {}, []
     done = 0

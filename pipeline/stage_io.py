@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import pandas as pd
 
 from pipeline import accounting
-from pipeline.fsio import list_shards
+from pipeline.config import ConfigError
+from pipeline.fsio import list_shards, write_bytes_atomic
 
 INPUT, DOWNLOAD, RECAPTION, FILTER, SHARD = "00_input", "10_download", "20_recaption", "30_filter", "40_shards"
 
@@ -48,3 +50,25 @@ def stage_frames(cfg) -> list:
         names.append(("recaption", RECAPTION))
     names += [("filter", FILTER), ("shard", SHARD)]
     return [(n, accounting.read([os.path.join(cfg.stage_dir(d), "decisions.parquet")])) for n, d in names]
+
+
+def settings(cfg, section: str, ignore=()) -> dict:
+    """The settings of one config section that change what its stage writes."""
+    return {k: v for k, v in cfg.to_dict()[section].items() if k not in ignore}
+
+
+def guard_settings(stage_dir: str, stage: str, payload: dict) -> None:
+    """One stage directory holds the output of one set of settings: resuming with other settings
+    would mix them silently, so it is refused with the keys that differ."""
+    # not *.json: img2dataset counts every *.json in its output folder as a finished shard
+    path = os.path.join(stage_dir, "stage_settings.txt")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != payload:
+            changed = sorted(k for k in set(old) | set(payload) if old.get(k) != payload.get(k))
+            raise ConfigError(f"{stage_dir} holds {stage} output made with other settings (changed: {changed}); "
+                              f"use a new output_dir, or delete {stage_dir} to redo {stage}")
+        return
+    os.makedirs(stage_dir, exist_ok=True)
+    write_bytes_atomic(path, json.dumps(payload, sort_keys=True, indent=1).encode())

@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import pandas as pd
+import pytest
 
 from conftest import PY, REPO, config_dict, write_config
 from pipeline.config import from_dict
@@ -112,3 +113,24 @@ def test_shard_stage_resumes_after_a_crash(chain, tmp_path):
     for pattern in ("*.tar", "*.idx", "manifest.json", "decisions.parquet"):
         _same_dirs(ref_cfg.stage_dir("40_shards"), shards, pattern)
     assert not glob.glob(os.path.join(shards, "*.tmp-*"))
+
+
+def test_changed_settings_are_not_mixed_into_finished_output(chain, corpus, tiny_captioner, tmp_path):
+    """Resuming with another captioner prompt is refused; another shard seed rewrites the shards."""
+    from pipeline import recaption, shard
+    from pipeline.config import ConfigError
+
+    ref_cfg, _ = chain
+    out = str(tmp_path / "run")
+    _copy_stages(ref_cfg.output_dir, out, ["00_input", "10_download", "20_recaption", "30_filter", "40_shards"])
+    other_prompt = from_dict(dict(ref_cfg.to_dict(), output_dir=out, recaption=dict(ref_cfg.to_dict()["recaption"],
+                                                                                    prompt="short")))
+    with pytest.raises(ConfigError, match=r"20_recaption holds recaption output made with other settings \(changed: \['prompt'\]\)"):
+        recaption.run(other_prompt)
+    reseeded = from_dict(dict(ref_cfg.to_dict(), output_dir=out, shard=dict(ref_cfg.to_dict()["shard"], seed=99)))
+    shard.run(reseeded)
+    first = lambda d: [k for k, _, _ in iter_tar(os.path.join(d, "train-000000.tar"))]  # noqa: E731
+    assert first(os.path.join(out, "40_shards")) != first(ref_cfg.stage_dir("40_shards"))
+    ids = sorted(k for t in glob.glob(os.path.join(out, "40_shards", "*.tar")) for k, _, _ in iter_tar(t))
+    ref_ids = sorted(k for t in glob.glob(os.path.join(ref_cfg.stage_dir("40_shards"), "*.tar")) for k, _, _ in iter_tar(t))
+    assert ids == ref_ids  # same samples, new order, nothing from the old plan left over
