@@ -22,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 SHIPPED = [HERE / "hf" / "remote" / "configuration_paramvision.py",
            HERE / "hf" / "remote" / "modeling_paramvision.py",
            HERE / "hf" / "remote" / "processing_paramvision.py", HERE / "rotation.py", HERE / "vrmg.py",
-           HERE / "vlora_generator.py"]
+           HERE / "vlora_generator.py", HERE / "vora_embedding.py"]
+IMAGE_TOKEN = "<|image_pad|>"  # VoRA's image placeholder, a Qwen2.5 special token
 AUTO_MAP = {"AutoConfig": "configuration_paramvision.ParamVisionConfig",
             "AutoModelForCausalLM": "modeling_paramvision.ParamVisionForCausalLM"}
 
@@ -41,11 +42,19 @@ def qwen2_text_config(llm: dict, hf_vocab_size: int, dtype: str = "float32"):
         tie_word_embeddings=bool(llm.get("tie_word_embeddings", False)), dtype=dtype)
 
 
-def _injection(lm) -> tuple[str, str, dict]:
+def _injection(lm, tokenizer) -> tuple[str, str, dict]:
     """(method, state-dict prefix of its generator, the settings the modeling code rebuilds it from)."""
     from megatron_ext.model import ROSEModel
     from megatron_ext.vlora import VLoRAModel
+    from megatron_ext.vora import VoRAModel
 
+    if isinstance(lm, VoRAModel):
+        v = lm.vora
+        return "vora", "vision_embedding", {
+            "embedding": {"patch_size": v.patch_size, "image_size": v.image_size,
+                          "embed_width": v.embed_width, "in_channels": v.in_channels},
+            "bidirectional": v.bidirectional,
+            "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)}
     if isinstance(lm, ROSEModel):
         rose = lm.rose
         return "rose", "vrmg", {"layers": rose.equipped_layers(lm.config.num_layers),
@@ -62,9 +71,12 @@ def _injection(lm) -> tuple[str, str, dict]:
     raise ValueError(f"no Hugging Face export for {type(lm).__name__} yet")
 
 
-def export_model(vlm, llm: dict, out_dir: str | Path, tokenizer, image_processor,
+def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_processor,
                  max_shard_size: str = "2GB", max_new_tokens: int = 64) -> Path:
-    """Write a VisionLanguageModel (ROSE or VLoRA; built at TP=1, PP=1, weights loaded) as a HF folder."""
+    """Write a model built at TP=1, PP=1 with its weights loaded as a HF folder: a
+    VisionLanguageModel around ROSE or VLoRA, or a VoRAModel, whose LoRA is merged into the base
+    weights first (in place: VoRA is exported merged, as the paper deploys it)."""
+    from megatron_ext.vora import VoRAModel
     from huggingface_hub import save_torch_state_dict
     from transformers import GenerationConfig
 
@@ -73,8 +85,13 @@ def export_model(vlm, llm: dict, out_dir: str | Path, tokenizer, image_processor
     if parallel_state.get_tensor_model_parallel_world_size() * \
             parallel_state.get_pipeline_model_parallel_world_size() != 1:
         raise ValueError("export from a TP=1, PP=1 model (distributed checkpoints reshard on load)")
-    lm = vlm.lm
-    method, generator_prefix, injection = _injection(lm)
+    lm, tower = (model, None) if isinstance(model, VoRAModel) else (model.lm, model.vision)
+    method, generator_prefix, injection = _injection(lm, tokenizer)
+    if method == "vora":
+        lm.merge_and_unload()
+        generator = lm.vision_embedding
+    else:
+        generator = lm.generator
     hf_vocab = len(tokenizer)
     if hf_vocab > llm["vocab_size"]:
         raise ValueError(f"the tokenizer has {hf_vocab} ids but the model's vocabulary is {llm['vocab_size']}")
@@ -82,8 +99,9 @@ def export_model(vlm, llm: dict, out_dir: str | Path, tokenizer, image_processor
     out.mkdir(parents=True, exist_ok=True)
 
     state = megatron_to_hf(lm.language_model.state_dict(), lm.config, hf_vocab, prefix="language_model.")
-    state.update({f"{generator_prefix}.{k}": v.detach().clone() for k, v in lm.generator.state_dict().items()})
-    state.update({f"vision_tower.{k}": v.detach().clone() for k, v in vlm.vision.model.state_dict().items()})
+    state.update({f"{generator_prefix}.{k}": v.detach().clone() for k, v in generator.state_dict().items()})
+    if tower is not None:
+        state.update({f"vision_tower.{k}": v.detach().clone() for k, v in tower.model.state_dict().items()})
     save_torch_state_dict(state, out, max_shard_size=max_shard_size)
 
     for f in SHIPPED:
@@ -91,9 +109,9 @@ def export_model(vlm, llm: dict, out_dir: str | Path, tokenizer, image_processor
     dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
     config = {
         "architectures": ["ParamVisionForCausalLM"], "model_type": "paramvision", "auto_map": AUTO_MAP,
-        "method": method, "feature_layer": vlm.vision.feature_layer, "dtype": dtype,
+        "method": method, "feature_layer": tower.feature_layer if tower else None, "dtype": dtype,
         "text_config": qwen2_text_config(llm, hf_vocab, dtype).to_dict(),
-        "vision_config": vlm.vision.model.config.to_dict(),
+        "vision_config": tower.model.config.to_dict() if tower else None,
         "injection": injection,
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
@@ -101,6 +119,9 @@ def export_model(vlm, llm: dict, out_dir: str | Path, tokenizer, image_processor
     image_processor.save_pretrained(out)
     processor = {"processor_class": "ParamVisionProcessor",
                  "auto_map": {"AutoProcessor": "processing_paramvision.ParamVisionProcessor"}}
+    if method == "vora":
+        grid = injection["embedding"]["image_size"] // injection["embedding"]["patch_size"]
+        processor.update(image_token=IMAGE_TOKEN, image_tokens=grid * grid)
     (out / "processor_config.json").write_text(json.dumps(processor, indent=2))
     eos = tokenizer.eos_token_id
     GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id or eos,

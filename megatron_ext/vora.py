@@ -33,6 +33,7 @@ from megatron_ext.context import ConditionedLayer
 from megatron_ext.lora import low_rank_layers, lora_linear
 from megatron_ext.model import InjectedGPTModel
 from megatron_ext.specs import LINEARS, linear_classes, linear_owner, unfuse_te_norms
+from megatron_ext.vora_embedding import VisionEmbedding
 
 
 class VoRAConfigError(ValueError):
@@ -69,35 +70,6 @@ class VoRAConfig:
             raise VoRAConfigError(f"vora.rank={self.rank} must be positive")
         if tcfg.sequence_parallel:
             raise VoRAConfigError("VoRA does not support sequence_parallel yet; set it to False")
-
-
-class VisionEmbedding(nn.Module):
-    """pixels (C, H, W) -> (H/p * W/p, hidden): the only vision parameters left after merging."""
-
-    def __init__(self, vcfg: VoRAConfig, hidden_size: int, eps: float = 1e-6):
-        super().__init__()
-        self.patch_size = vcfg.patch_size
-        self.grid = vcfg.image_size // vcfg.patch_size
-        self.patch = nn.Linear(vcfg.in_channels * vcfg.patch_size ** 2, vcfg.embed_width)
-        self.norm = nn.RMSNorm(vcfg.embed_width, eps=eps)
-        self.pos = nn.Parameter(torch.randn(self.grid, self.grid, vcfg.embed_width) * 0.02)
-        self.out = nn.Linear(vcfg.embed_width, hidden_size, bias=False)
-
-    def positions(self, h: int, w: int) -> torch.Tensor:
-        if (h, w) == (self.grid, self.grid):
-            return self.pos.flatten(0, 1)
-        pos = F.interpolate(self.pos.permute(2, 0, 1)[None], size=(h, w), mode="bilinear",
-                            align_corners=False)  # any resolution: resample the learned grid
-        return pos[0].permute(1, 2, 0).flatten(0, 1)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        C, H, W = image.shape
-        p = self.patch_size
-        if H % p or W % p:
-            raise ValueError(f"image of {H}x{W} pixels is not a multiple of the {p}-pixel patch")
-        patches = F.unfold(image[None].to(self.patch.weight.dtype), kernel_size=p, stride=p)[0].t()
-        x = self.norm(self.patch(patches)) + self.positions(H // p, W // p)
-        return self.out(x)
 
 
 class AuxHead(nn.Module):

@@ -98,12 +98,69 @@ def test_processor_and_generate_caption_an_image(exported):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8))
     inputs = processor(images=image, text="Describe the image.")
     assert inputs["pixel_values"].shape == (1, 3, IMAGE, IMAGE)
-    generated = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    calls = []
+    conditioning = model.conditioning
+    model.conditioning = lambda *a, **k: calls.append(1) or conditioning(*a, **k)
+    generated = model.generate(**inputs, max_new_tokens=6, do_sample=False, min_new_tokens=6)
     new = generated[0, inputs["input_ids"].shape[1]:]
-    assert len(new) >= 1
+    assert len(new) == 6
+    assert len(calls) == 1  # the image is encoded once, at the first step, not per token
     assert isinstance(processor.decode(new, skip_special_tokens=True), str)
     # the image is used at every step: a different image gives different greedy continuations or logits
     with torch.no_grad():
         a = model(**inputs).logits
         b = model(input_ids=inputs["input_ids"], pixel_values=_pixels(3)).logits
     assert (a - b).abs().max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def exported_vora(tmp_path_factory):
+    from transformers import SiglipImageProcessorPil
+
+    from megatron_ext.export import export_model
+    from megatron_ext.methods import build_model, resolve_preset
+    from recaption.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    preset = json.loads(json.dumps(resolve_preset("tiny-vora")))
+    preset["llm"]["vocab_size"] = 151680
+    torch.manual_seed(0)
+    model = build_model(preset, method="vora", backend="local")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # trained-looking adapters, so the merge at export has work to do
+        for name, p in sorted(model.named_parameters()):
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    # the Megatron reference, before export merges the LoRA in place: 16 image tokens then text
+    image_token = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    text = torch.randint(0, 151643, (2, 6), generator=torch.Generator().manual_seed(2))
+    ids = torch.cat([torch.full((2, 16), image_token), text], dim=1)
+    images = [torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    image_ids = torch.cat([torch.arange(2)[:, None].expand(2, 16), torch.full((2, 6), -1)], dim=1)
+    with torch.no_grad():
+        ref = model(ids, torch.arange(22).expand(2, 22), None, images=images, image_ids=image_ids)
+    out = tmp_path_factory.mktemp("export") / "vora-tiny"
+    export_model(model, preset["llm"], out, tokenizer, SiglipImageProcessorPil(size={"height": 16, "width": 16}),
+                 max_shard_size="5MB")
+    return out, ids, images, ref[..., :151665]
+
+
+def test_vora_export_is_merged_and_equals_megatron(exported_vora):
+    from transformers import AutoModelForCausalLM, AutoProcessor
+
+    out, ids, images, ref = exported_vora
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert not any("lora" in k for k in index["weight_map"])  # LoRA folded into the weights
+    assert any(k.startswith("vision_embedding.") for k in index["weight_map"])
+    hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = hf(input_ids=ids, pixel_values=torch.stack(images)).logits
+    assert (logits - ref).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="nothing to merge"):
+        hf.merge_vision(torch.stack(images[:1]))
+    processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8))
+    inputs = processor(images=image, text="Describe the image.")
+    assert int((inputs["input_ids"] == hf.config.injection["image_token_id"]).sum()) == 16
+    generated = hf.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] > inputs["input_ids"].shape[1]

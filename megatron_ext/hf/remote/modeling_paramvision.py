@@ -3,6 +3,8 @@ Qwen2 LLM's projections, with nothing added to the token sequence.
 
   ROSE:  the VRMG gives per-image rotations; a projection computes W^T (R^T x).
   VLoRA: the perceptual weights generator gives W_v; a projection computes x W + (x W_v) W_s.
+  VoRA:  (merged) the image's patches enter the sequence through a small embedding, in place of
+         its placeholder tokens, attending bidirectionally among themselves; no encoder, no LoRA.
 
 `model.generate(input_ids, pixel_values=...)` answers about an image; the image's conditioning is
 computed once (at the first step) and reused for every generated token.
@@ -23,6 +25,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .configuration_paramvision import ParamVisionConfig
 from .rotation import block_cayley, block_diag_matrix, rotate_transposed
 from .vlora_generator import PerceptualWeightsGenerator
+from .vora_embedding import VisionEmbedding
 from .vrmg import VRMG
 
 _HF_NAMES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
@@ -80,6 +83,13 @@ class PerceptualLoRAProjection(nn.Linear):
         return self.scale * self.lora_B @ W_v.T
 
 
+def _is_prefill(past_key_values, cache_position) -> bool:
+    """True on the first forward of a generation (or outside generation): the image is read then."""
+    if cache_position is not None:
+        return int(cache_position[0]) == 0
+    return past_key_values is None or past_key_values.get_seq_length() == 0
+
+
 def _projection(layer_module, projection: str):
     owner_name, attr = _HF_NAMES[projection].split(".")
     return getattr(layer_module, owner_name), attr
@@ -93,8 +103,15 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config: ParamVisionConfig):
         super().__init__(config)
         inj = config.injection
-        self.vision_tower = AutoModel.from_config(config.vision_config)
         self.language_model = Qwen2ForCausalLM(config.text_config)
+        if config.method == "vora":
+            self.vision_embedding = VisionEmbedding(SimpleNamespace(**inj["embedding"]),
+                                                    config.text_config.hidden_size,
+                                                    config.text_config.rms_norm_eps)
+            self.layers = []
+            self.post_init()
+            return
+        self.vision_tower = AutoModel.from_config(config.vision_config)
         self.layers = list(inj["layers"])
         self._conditioning: dict = {}
         decoder = self.language_model.model.layers
@@ -148,9 +165,41 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
         self._conditioning.update(self.conditioning(pixel_values, **vision_inputs))
         return dict(self._conditioning)
 
+    def _vora_inputs(self, input_ids, pixel_values, attention_mask):
+        """Embeddings with each sample's image tokens in its placeholder positions, and the 4D mask:
+        causal, plus bidirectional among the tokens of the image."""
+        embeds = self.language_model.get_input_embeddings()(input_ids)
+        is_image = input_ids == self.config.injection["image_token_id"]
+        tokens = torch.cat([self.vision_embedding(img) for img in pixel_values]).to(embeds.dtype)
+        if tokens.shape[0] != int(is_image.sum()):
+            raise ValueError(f"the images give {tokens.shape[0]} tokens but the text has "
+                             f"{int(is_image.sum())} image placeholders")
+        embeds = embeds.masked_scatter(is_image[..., None], tokens)
+        s = input_ids.shape[1]
+        allowed = torch.ones(s, s, dtype=torch.bool, device=input_ids.device).tril()[None]
+        if self.config.injection.get("bidirectional", True):
+            allowed = allowed | (is_image[:, :, None] & is_image[:, None, :])
+        if attention_mask is not None:  # padding
+            allowed = allowed & attention_mask[:, None, :].bool()
+        mask = torch.zeros(allowed.shape, dtype=embeds.dtype, device=embeds.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(embeds.dtype).min)[:, None]
+        return embeds, mask
+
     def forward(self, input_ids=None, attention_mask=None, pixel_values=None, labels=None,
                 past_key_values=None, cache_position=None, **kwargs):
-        first_step = cache_position is None or int(cache_position[0]) == 0
+        first_step = _is_prefill(past_key_values, cache_position)
+        if self.config.method == "vora":
+            if pixel_values is not None and first_step:
+                embeds, mask = self._vora_inputs(input_ids, pixel_values, attention_mask)
+                out = self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels,
+                                          past_key_values=past_key_values,
+                                          cache_position=cache_position, **kwargs)
+            else:
+                out = self.language_model(input_ids=input_ids, attention_mask=attention_mask,
+                                          labels=labels, past_key_values=past_key_values,
+                                          cache_position=cache_position, **kwargs)
+            return CausalLMOutputWithPast(loss=out.loss, logits=out.logits,
+                                          past_key_values=out.past_key_values)
         if pixel_values is not None and first_step:
             self.set_image(pixel_values)
         elif pixel_values is None and first_step:
@@ -169,6 +218,9 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def merge_vision(self, pixel_values, **vision_inputs) -> Qwen2ForCausalLM:
         """A plain Qwen2ForCausalLM whose projections carry one image (batch of 1) in their weights."""
+        if self.config.method == "vora":
+            raise ValueError("a VoRA model has its image in the sequence, not in the weights: "
+                             "nothing to merge (its LoRA was merged at export)")
         if pixel_values.shape[0] != 1:
             raise ValueError("merge_vision takes one image (pixel_values of batch size 1)")
         cond = self.conditioning(pixel_values, **vision_inputs)
