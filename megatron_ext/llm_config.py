@@ -31,3 +31,10 @@ def qwen2_transformer_config(llm: dict, tensor_parallel: int = 1, pipeline_paral
     )
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
+
+
+def gpt_model_kwargs(llm: dict) -> dict:
+    """GPTModel arguments that come from the llm preset (shared by every method's builder)."""
+    return dict(vocab_size=llm["vocab_size"], max_sequence_length=llm["max_position_embeddings"],
+                rotary_base=llm.get("rope_theta", 1000000.0),
+                share_embeddings_and_output_weights=bool(llm.get("tie_word_embeddings", False)))

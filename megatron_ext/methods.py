@@ -69,7 +69,7 @@ def build_model(preset, method: str | None = None, backend: str = "auto",
     if method == "none":
         from megatron.core import parallel_state
 
-        from megatron_ext.llm_config import qwen2_transformer_config
+        from megatron_ext.llm_config import gpt_model_kwargs, qwen2_transformer_config
 
         llm = preset["llm"]
         overrides = dict(preset.get("transformer", {}))
@@ -77,6 +77,5 @@ def build_model(preset, method: str | None = None, backend: str = "auto",
         config = qwen2_transformer_config(
             llm, parallel_state.get_tensor_model_parallel_world_size(),
             parallel_state.get_pipeline_model_parallel_world_size(), dtype, **overrides)
-        return BaseLLM(config, llm["vocab_size"], llm["max_position_embeddings"], backend=backend,
-                       rotary_base=llm.get("rope_theta", 1000000.0))
+        return BaseLLM(config, backend=backend, **gpt_model_kwargs(llm))
     raise ValueError(f"method={method!r}: choose one of {list(METHODS)}")

@@ -194,7 +194,7 @@ def build_vlora(preset: dict, backend: str = "auto", dtype: torch.dtype = torch.
     paper's pre-training (only the generator and W_s train); False for its fine-tuning stage."""
     from megatron.core import parallel_state
 
-    from megatron_ext.llm_config import qwen2_transformer_config
+    from megatron_ext.llm_config import gpt_model_kwargs, qwen2_transformer_config
     from megatron_ext.presets import vlora_config
 
     llm = preset["llm"]
@@ -203,9 +203,7 @@ def build_vlora(preset: dict, backend: str = "auto", dtype: torch.dtype = torch.
     config = qwen2_transformer_config(
         llm, parallel_state.get_tensor_model_parallel_world_size(),
         parallel_state.get_pipeline_model_parallel_world_size(), dtype, **overrides)
-    model = VLoRAModel(config, vlora_config(preset, **vlora_overrides), llm["vocab_size"],
-                       llm["max_position_embeddings"], backend=backend,
-                       rotary_base=llm.get("rope_theta", 1000000.0))
+    model = VLoRAModel(config, vlora_config(preset, **vlora_overrides), backend=backend, **gpt_model_kwargs(llm))
     if freeze_llm:
         trainable = {id(p) for p in model.generator_parameters()}
         for p in model.parameters():

@@ -258,7 +258,7 @@ def build_vora(preset: dict, backend: str = "auto", dtype: torch.dtype = torch.f
     (freeze_llm) only LoRA, the vision embedding and the aux heads train."""
     from megatron.core import parallel_state
 
-    from megatron_ext.llm_config import qwen2_transformer_config
+    from megatron_ext.llm_config import gpt_model_kwargs, qwen2_transformer_config
     from megatron_ext.presets import vora_config
 
     llm = preset["llm"]
@@ -267,9 +267,7 @@ def build_vora(preset: dict, backend: str = "auto", dtype: torch.dtype = torch.f
     config = qwen2_transformer_config(
         llm, parallel_state.get_tensor_model_parallel_world_size(),
         parallel_state.get_pipeline_model_parallel_world_size(), dtype, **overrides)
-    model = VoRAModel(config, vora_config(preset, **vora_overrides), llm["vocab_size"],
-                      llm["max_position_embeddings"], backend=backend,
-                      rotary_base=llm.get("rope_theta", 1000000.0))
+    model = VoRAModel(config, vora_config(preset, **vora_overrides), backend=backend, **gpt_model_kwargs(llm))
     if freeze_llm:
         trainable = {id(p) for p in model.trainable_parameters()}
         for p in model.parameters():

@@ -16,23 +16,21 @@ def _build(path, method, tp=1):
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     from megatron_ext.hf.qwen2 import llm_preset_from_hf
-    from megatron_ext.llm_config import qwen2_transformer_config
+    from megatron_ext.llm_config import gpt_model_kwargs, qwen2_transformer_config
     from megatron_ext.model import ROSEModel
     from megatron_ext.presets import rose_config
 
     llm = llm_preset_from_hf(path, tp=tp, vocab_multiple=1)
     config = qwen2_transformer_config(llm, tp, parallel_state.get_pipeline_model_parallel_world_size())
     if method == "none":
-        model = GPTModel(config, get_gpt_layer_local_spec(normalization="RMSNorm"), llm["vocab_size"],
-                         llm["max_position_embeddings"], position_embedding_type="rope",
-                         rotary_base=llm["rope_theta"],
+        model = GPTModel(config, get_gpt_layer_local_spec(normalization="RMSNorm"),
+                         position_embedding_type="rope", **gpt_model_kwargs(llm),
                          pre_process=parallel_state.is_pipeline_first_stage(),
                          post_process=parallel_state.is_pipeline_last_stage())
         return model, model
     preset = {"llm": llm, "vision": {"hidden_size": 48},
               "rose": dict(every=2, blocks=8, generator_width=32, generator_heads=4)}
-    model = ROSEModel(config, rose_config(preset), llm["vocab_size"], llm["max_position_embeddings"],
-                      backend="local", rotary_base=llm["rope_theta"])
+    model = ROSEModel(config, rose_config(preset), backend="local", **gpt_model_kwargs(llm))
     return model, model.language_model
 
 
@@ -116,6 +114,19 @@ def test_vocab_is_padded_for_tp_and_padding_rows_are_zero(tmp_path):
     load_qwen2(lm, path)
     ids = torch.randint(0, 251, (1, 8))
     torch.testing.assert_close(_logits(model, ids, "none")[..., :251], hf_logits(path, ids), atol=1e-4, rtol=0)
+
+
+@pytest.mark.usefixtures("megatron_single_process")
+def test_tied_embeddings_checkpoint(tmp_path):
+    """Qwen2.5 models up to 3B tie the LM head to the embedding."""
+    from megatron_ext.hf.qwen2 import load_qwen2
+
+    path = write_qwen2(tmp_path / "tied", tie_word_embeddings=True)
+    model, lm = _build(path, "rose")
+    assert lm.share_embeddings_and_output_weights
+    load_qwen2(lm, path)
+    ids = torch.randint(0, 250, (2, 10), generator=torch.Generator().manual_seed(3))
+    assert (_logits(model, ids, "rose")[..., :250] - hf_logits(path, ids)).abs().max() < 1e-4
 
 
 @pytest.mark.usefixtures("megatron_single_process")
