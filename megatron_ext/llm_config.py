@@ -38,3 +38,16 @@ def gpt_model_kwargs(llm: dict) -> dict:
     return dict(vocab_size=llm["vocab_size"], max_sequence_length=llm["max_position_embeddings"],
                 rotary_base=llm.get("rope_theta", 1000000.0),
                 share_embeddings_and_output_weights=bool(llm.get("tie_word_embeddings", False)))
+
+
+def preset_transformer_config(preset: dict, dtype: torch.dtype = torch.float32,
+                              config_overrides: dict | None = None):
+    """The TransformerConfig of a preset for this process's TP/PP sizes: the llm section, then the
+    preset's optional `transformer:` overrides, then the caller's."""
+    from megatron.core import parallel_state
+
+    overrides = dict(preset.get("transformer", {}))
+    overrides.update(config_overrides or {})
+    return qwen2_transformer_config(
+        preset["llm"], parallel_state.get_tensor_model_parallel_world_size(),
+        parallel_state.get_pipeline_model_parallel_world_size(), dtype, **overrides)

@@ -67,15 +67,8 @@ def build_model(preset, method: str | None = None, backend: str = "auto",
         from megatron_ext.vora import build_vora
         return build_vora(preset, backend, dtype, config_overrides, **method_overrides)
     if method == "none":
-        from megatron.core import parallel_state
+        from megatron_ext.llm_config import gpt_model_kwargs, preset_transformer_config
 
-        from megatron_ext.llm_config import gpt_model_kwargs, qwen2_transformer_config
-
-        llm = preset["llm"]
-        overrides = dict(preset.get("transformer", {}))
-        overrides.update(config_overrides or {})
-        config = qwen2_transformer_config(
-            llm, parallel_state.get_tensor_model_parallel_world_size(),
-            parallel_state.get_pipeline_model_parallel_world_size(), dtype, **overrides)
-        return BaseLLM(config, backend=backend, **gpt_model_kwargs(llm))
+        config = preset_transformer_config(preset, dtype, config_overrides)
+        return BaseLLM(config, backend=backend, **gpt_model_kwargs(preset["llm"]))
     raise ValueError(f"method={method!r}: choose one of {list(METHODS)}")

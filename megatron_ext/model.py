@@ -118,11 +118,9 @@ class ROSEModel(InjectedGPTModel):
 def build_rose(preset: dict, backend: str = "auto", dtype: torch.dtype = torch.float32,
                config_overrides: dict | None = None, **rose_overrides) -> ROSEModel:
     """A ROSEModel for this process's tensor/pipeline-parallel rank from a preset (presets.py)."""
-    from megatron_ext.llm_config import gpt_model_kwargs, qwen2_transformer_config
+    from megatron_ext.llm_config import gpt_model_kwargs, preset_transformer_config
     from megatron_ext.presets import rose_config
 
-    llm = preset["llm"]
-    config = qwen2_transformer_config(
-        llm, parallel_state.get_tensor_model_parallel_world_size(),
-        parallel_state.get_pipeline_model_parallel_world_size(), dtype, **(config_overrides or {}))
-    return ROSEModel(config, rose_config(preset, **rose_overrides), backend=backend, **gpt_model_kwargs(llm))
+    config = preset_transformer_config(preset, dtype, config_overrides)
+    return ROSEModel(config, rose_config(preset, **rose_overrides), backend=backend,
+                     **gpt_model_kwargs(preset["llm"]))

@@ -192,17 +192,11 @@ def build_vlora(preset: dict, backend: str = "auto", dtype: torch.dtype = torch.
                 **vlora_overrides) -> VLoRAModel:
     """A VLoRAModel for this process's TP/PP rank from a preset (presets.py). freeze_llm: the
     paper's pre-training (only the generator and W_s train); False for its fine-tuning stage."""
-    from megatron.core import parallel_state
-
-    from megatron_ext.llm_config import gpt_model_kwargs, qwen2_transformer_config
+    from megatron_ext.llm_config import gpt_model_kwargs, preset_transformer_config
     from megatron_ext.presets import vlora_config
 
     llm = preset["llm"]
-    overrides = dict(preset.get("transformer", {}))
-    overrides.update(config_overrides or {})
-    config = qwen2_transformer_config(
-        llm, parallel_state.get_tensor_model_parallel_world_size(),
-        parallel_state.get_pipeline_model_parallel_world_size(), dtype, **overrides)
+    config = preset_transformer_config(preset, dtype, config_overrides)
     model = VLoRAModel(config, vlora_config(preset, **vlora_overrides), backend=backend, **gpt_model_kwargs(llm))
     if freeze_llm:
         trainable = {id(p) for p in model.generator_parameters()}

@@ -256,17 +256,11 @@ def build_vora(preset: dict, backend: str = "auto", dtype: torch.dtype = torch.f
                config_overrides: dict | None = None, freeze_llm: bool = True, **vora_overrides) -> VoRAModel:
     """A VoRAModel for this process's TP/PP rank from a preset (presets.py); in pre-training
     (freeze_llm) only LoRA, the vision embedding and the aux heads train."""
-    from megatron.core import parallel_state
-
-    from megatron_ext.llm_config import gpt_model_kwargs, qwen2_transformer_config
+    from megatron_ext.llm_config import gpt_model_kwargs, preset_transformer_config
     from megatron_ext.presets import vora_config
 
     llm = preset["llm"]
-    overrides = dict(preset.get("transformer", {}))
-    overrides.update(config_overrides or {})
-    config = qwen2_transformer_config(
-        llm, parallel_state.get_tensor_model_parallel_world_size(),
-        parallel_state.get_pipeline_model_parallel_world_size(), dtype, **overrides)
+    config = preset_transformer_config(preset, dtype, config_overrides)
     model = VoRAModel(config, vora_config(preset, **vora_overrides), backend=backend, **gpt_model_kwargs(llm))
     if freeze_llm:
         trainable = {id(p) for p in model.trainable_parameters()}
