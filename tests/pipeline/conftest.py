@@ -4,42 +4,18 @@ subprocess drivers can join it), the tiny offline Qwen2.5-VL, and one full pipel
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 
 import pytest
-import yaml
+
+from pipeline_helpers import PY, Corpus, free_ports, config_dict
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before anything imports ray
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PY = sys.executable
-
-
-def _free_ports(n: int) -> list:
-    """n distinct free ports: all held open together, so the OS cannot hand one out twice."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class Corpus:
-    def __init__(self, url, rows, urls_csv):
-        self.url, self.rows, self.urls_csv = url, rows, urls_csv
-
-    def uid_of(self, path: str) -> int:
-        return next(i for i, r in enumerate(self.rows) if r[0] == path)
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +33,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ray_cluster():
     """`ray start --head` on loopback in its own process group; killed by group id at the end."""
-    gcs, dash, client, agent = _free_ports(4)
+    gcs, dash, client, agent = free_ports(4)
     temp = tempfile.mkdtemp(prefix="pvray", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = dict(os.environ, RAY_AUTH_MODE="token")
     cmd = [os.path.join(os.path.dirname(PY), "ray"), "start", "--head", "--block", "--num-cpus=2",
@@ -106,24 +82,6 @@ def ray_cluster():
 def tiny_captioner(tmp_path_factory):
     from recaption.tiny import build_tiny_captioner
     return build_tiny_captioner(str(tmp_path_factory.mktemp("captioner") / "tiny-qwen25vl"))
-
-
-def config_dict(urls_csv, out_dir, model, ray_address=None, **sections):
-    """The demo settings (configs/data/demo_tiny.yaml) with test paths."""
-    with open(os.path.join(REPO, "configs", "data", "demo_tiny.yaml")) as f:
-        cfg = yaml.safe_load(f)
-    cfg.update(input=urls_csv, output_dir=out_dir)
-    cfg["recaption"]["model"] = model
-    cfg["ray"] = {"address": ray_address}
-    for name, values in sections.items():
-        cfg.setdefault(name, {}).update(values)
-    return cfg
-
-
-def write_config(path, cfg) -> str:
-    with open(path, "w") as f:
-        yaml.safe_dump(cfg, f)
-    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import PY, REPO, config_dict, write_config
+from pipeline_helpers import PY, REPO, config_dict, write_config
 
 
 def _run(args, timeout=120, env=None):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import webdataset as wds
 
-from conftest import config_dict
+from pipeline_helpers import config_dict
 from pipeline import accounting, filter as filter_stage, shard, stage_io
 from pipeline.config import from_dict
 

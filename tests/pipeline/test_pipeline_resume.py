@@ -10,7 +10,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import PY, REPO, config_dict, write_config
+from pipeline_helpers import PY, REPO, config_dict, write_config
 from pipeline.config import from_dict
 from pipeline.fsio import iter_tar
 
