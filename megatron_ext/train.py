@@ -103,6 +103,11 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     nmb = num_microbatches(cfg, dp)
 
     preset, model = build_model(cfg, dtype)
+    if cfg.data.kind != "synthetic" and not hasattr(model, "encode"):
+        raise ConfigError(
+            f"data.kind={cfg.data.kind} delivers images (pixel_values), but the {cfg.model.method} "
+            f"model built here has no vision tower to encode them; train on precomputed features "
+            f"(data.kind=synthetic) or use a model with its vision tower")
     trainable = cfg.train.trainable or stages.default_trainable(cfg.model.method, cfg.train.stage)
     summary = stages.apply_trainable(model, trainable)
     _log_trainable(summary, trainable)

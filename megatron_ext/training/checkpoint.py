@@ -22,7 +22,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from megatron_ext.training.ckpt_layout import per_layer
+from megatron_ext.training.ckpt_layout import mark_pipeline_replicas, per_layer
+from megatron_ext.training.grads import pipeline_replicated_params
 
 log = logging.getLogger(__name__)
 # The distributed optimizer's state in canonical (per-parameter, model-space) form, gathered over
@@ -54,12 +55,18 @@ def _ranks():
             ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
 
 
+def _model_state(model) -> dict:
+    _, pp, _, _ = _ranks()
+    sd = per_layer(model.sharded_state_dict())
+    return mark_pipeline_replicas(sd, pipeline_replicated_params(model, trainable_only=False), pp)
+
+
 def _state(model, optimizer, scheduler, loader, step: int, is_loading: bool, extra: dict) -> dict:
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     tp, pp, dp_rank, dp = _ranks()
     rank, world = dist.get_rank(), dist.get_world_size()
-    model_sd = per_layer(model.sharded_state_dict())
+    model_sd = _model_state(model)
     state = {"model": model_sd, "step": step, "extra": extra}
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
@@ -142,7 +149,7 @@ def load_weights(path: Path, model) -> dict:
     checkpoint does not have (a part new to this stage) keep their initialisation and are listed."""
     from megatron.core import dist_checkpointing
 
-    sharded = {"model": per_layer(model.sharded_state_dict())}
+    sharded = {"model": _model_state(model)}
     saved = set(dist_checkpointing.load_tensors_metadata(str(path)))
     present = {k: v for k, v in sharded["model"].items() if _stored_keys(v) <= saved}
     missing = sorted(k for k in sharded["model"] if k not in present)

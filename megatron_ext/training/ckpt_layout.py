@@ -69,3 +69,26 @@ def _walk(tree):
 def per_layer(sharded_state_dict: dict) -> dict:
     """The model's sharded state dict with layer-stacked entries split per global layer."""
     return _walk(sharded_state_dict)
+
+
+def mark_pipeline_replicas(sharded_state_dict: dict, params, pp_rank: int) -> dict:
+    """Entries of parameters every pipeline stage holds a replica of (VLoRA's generator): the
+    same key on every stage, so only stage 0's copy is the main replica."""
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    ids = {id(p) for p in params}
+    if not ids or pp_rank == 0:
+        return sharded_state_dict
+
+    def mark(sh):
+        if isinstance(sh, ShardedTensor) and id(sh.data) in ids:
+            rid = sh.replica_id if isinstance(sh.replica_id, tuple) else (sh.replica_id,)
+            return dataclasses.replace(sh, replica_id=(pp_rank,) + tuple(rid[1:]))
+        return sh
+
+    def walk(tree):
+        if isinstance(tree, dict):
+            return {k: walk(v) for k, v in tree.items()}
+        return mark(tree)
+
+    return walk(sharded_state_dict)

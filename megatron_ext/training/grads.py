@@ -12,10 +12,10 @@ import torch
 import torch.distributed as dist
 
 
-def pipeline_replicated_params(model) -> list:
+def pipeline_replicated_params(model, trainable_only: bool = True) -> list:
     """Parameters replicated over pipeline stages whose grads are partial per stage."""
     if hasattr(model, "finalize_generator_grads") and getattr(model, "generator", None) is not None:
-        return [p for p in model.generator.parameters() if p.requires_grad]
+        return [p for p in model.generator.parameters() if p.requires_grad or not trainable_only]
     return []
 
 

@@ -17,7 +17,11 @@ class NonFiniteLoss(RuntimeError):
 def forward_step_func(nan: bool = False):
     def forward_step(data_iterator, model):
         b = next(data_iterator)  # every stage reads the micro-batch: its visual features (rule 7)
-        out = model(b["input_ids"], b["position_ids"], None, b["visual_features"], labels=b["labels"])
+        if "pixel_values" in b:  # a model with its vision tower encodes on the first stage
+            out = model(b["input_ids"], b["position_ids"], None, pixel_values=b["pixel_values"],
+                        labels=b["labels"])
+        else:
+            out = model(b["input_ids"], b["position_ids"], None, b["visual_features"], labels=b["labels"])
         mask = b["loss_mask"]
 
         def loss_func(per_token):

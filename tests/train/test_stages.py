@@ -9,7 +9,9 @@ processes and importing Megatron costs more than the training itself on a small 
 import pytest
 
 from distributed import run_distributed
-from train_helpers import TINY_S1
+from train_helpers import ROOT, TINY_S1
+
+VLORA_S1 = ROOT / "configs" / "train" / "s1-vlora-tiny.yaml"
 
 pytestmark = pytest.mark.multiproc
 
@@ -57,6 +59,14 @@ def _worker(rank, root):
             r.update(tp=ps.get_tensor_model_parallel_rank(), pp=ps.get_pipeline_model_parallel_rank())
             out[(layout, stage)] = r
 
+    # VLoRA pre-training at PP=2: the generator replica on each stage (+ W_s in the LLM's linears)
+    cfg = load_config(str(VLORA_S1), [f"log.run_dir={root}/vlora-pp2", "log.wandb=false",
+                                      "parallel.pipeline=2", "train.steps=3", "optim.warmup_steps=1"])
+    r = run(cfg, keep_model=True)
+    model = r.pop("model")
+    r["groups"] = {n: g for g, ps_ in stages.parameter_groups(model).items() for n, _ in ps_}
+    out[("pp2-vlora", "s1")] = r
+
     # the TP=2 S3 checkpoint at TP=1 (DP=2) and at PP=2
     for name, layout in (("loss_tp1", []), ("loss_pp2", ["parallel.pipeline=2"])):
         cfg = load_config(str(TINY_S1), layout + [f"log.run_dir={root}/unused"])
@@ -95,6 +105,17 @@ def test_trainable_set_parameter_by_parameter(results, layout, stage):
             assert changed == trains, f"{layout} {stage}: {name} trains={trains} but changed={changed}"
         if stage == "s1":  # the generator is all that trains in S1, and the LLM is all frozen
             assert {r["groups"][n] for n, (g, _) in r["params"].items() if g} == {"generator"}
+
+
+def test_vlora_pretraining_trains_generator_and_its_ws_at_pp2(results):
+    _, ranks = results
+    for out in ranks:
+        r = out[("pp2-vlora", "s1")]
+        trained = {n for n, (g, _) in r["params"].items() if g}
+        assert trained and {r["groups"][n] for n in trained} == {"generator"}
+        assert any(".lora_B" in n for n in trained)  # W_s lives in the LLM's linears
+        assert all(changed == g for g, changed in r["params"].values())
+        assert r["losses"][-1] < r["losses"][0]
 
 
 def test_stages_chain_from_the_previous_checkpoint(results):
