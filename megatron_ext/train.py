@@ -90,6 +90,9 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     from megatron_ext.training.metrics import Metrics, peak_memory_gib
     from megatron_ext.training.step import NonFiniteLoss, train_step
 
+    import importlib.util
+    if importlib.util.find_spec("psutil") is None:  # dist_checkpointing's writer imports it late
+        raise ConfigError("megatron.core.dist_checkpointing needs psutil to save: pip install psutil")
     on_cpu = megatron_cpu.install()
     init_parallel(cfg.parallel.tensor, cfg.parallel.pipeline, cfg.train.seed)
     dp = validate(cfg, dist.get_world_size())

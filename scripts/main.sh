@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::UserWarning,ignore::DeprecationWarning}
-exec .venv/bin/torchrun --standalone --nproc-per-node 2 -m megatron_ext.demo --tp 2 "$@"
+exec .venv/bin/torchrun --standalone --nproc-per-node 2 -m megatron_ext.train --config configs/train/s1-rose-tiny.yaml parallel.tensor=2 "$@"

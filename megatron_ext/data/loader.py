@@ -59,7 +59,16 @@ def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int) -> MicroBatchLoa
 
         dataset = ShardDataset(d.manifest, build_tokenizer(d.tokenizer), d.prompt, d.seq_length,
                                d.image_size)
+    elif d.kind == "dali":
+        import torch
+
+        from megatron_ext.data.dali import DaliLoader
+        from megatron_ext.data.text import build_tokenizer
+
+        device = torch.cuda.current_device() if torch.cuda.is_available() else None
+        return DaliLoader(d.manifest, build_tokenizer(d.tokenizer), d.prompt, d.seq_length,
+                          d.image_size, cfg.train.micro_batch_size, dp_rank, dp_size, d.seed, device)
     else:
-        raise ValueError(f"data.kind={d.kind} has no map-style loader; the DALI path is data/dali.py")
+        raise ValueError(f"data.kind={d.kind}: use synthetic, webdataset or dali")
     return MicroBatchLoader(dataset, RankSampler(len(dataset), dp_rank, dp_size, d.seed),
                             cfg.train.micro_batch_size)

@@ -98,3 +98,30 @@ def test_manifest_must_be_the_pipelines(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="pipeline/shard.py"):
         ShardDataset(str(tmp_path / "m.json"), ByteTokenizer(), "", 8, 16)
+
+
+def test_dali_loader_on_cpu_reads_disjoint_samples_and_resumes(tmp_path):
+    pytest.importorskip("nvidia.dali")
+    from megatron_ext.data.dali import DaliLoader
+
+    manifest = make_shards(tmp_path, n_shards=2, per_shard=6, corrupt=())
+
+    def loader(rank, dp):
+        return DaliLoader(str(manifest), ByteTokenizer(), "", 24, 16, micro_batch_size=2,
+                          dp_rank=rank, dp_size=dp, seed=5, device_id=None)
+
+    caps = {}
+    for rank in (0, 1):
+        l = loader(rank, 2)
+        b = l.next_microbatch()
+        assert b["pixel_values"].shape == (2, 3, 16, 16) and b["input_ids"].shape == (2, 24)
+        caps[rank] = set(_caption_ids(b)) | set(_caption_ids(l.next_microbatch()))
+    assert not caps[0] & caps[1]
+
+    a = loader(0, 1)
+    a.next_microbatch()
+    state = a.state_dict()
+    expected = [_caption_ids(a.next_microbatch()) for _ in range(3)]
+    b = loader(0, 1)
+    b.load_state_dict(state)
+    assert [_caption_ids(b.next_microbatch()) for _ in range(3)] == expected

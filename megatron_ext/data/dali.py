@@ -1,0 +1,94 @@
+"""NVIDIA DALI loader for the training shards: fn.readers.webdataset + image decode, resize and
+normalise (on the GPU with device_id set: "mixed" decode; on the CPU with device_id=None).
+
+Each DP rank reads its own part of the samples (shard_id = DP rank, num_shards = DP size). The
+reader's position is saved with DALI's pipeline checkpointing (enable_checkpointing), so a
+resumed run continues where the saved one stood. Captions arrive as padded bytes and are
+tokenised on the host. DALI is imported only when this loader is used.
+
+Unlike the PIL loader, a sample whose image does not decode stops the DALI pipeline (DALI's
+decoders have no skip-on-error); the data pipeline's image guard (pipeline/image_guard.py)
+verifies decodability before sharding, and such a sample is a data bug, not noise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from megatron_ext.data.text import encode_pair
+
+log = logging.getLogger(__name__)
+
+
+def _pipeline(tars, idxs, batch: int, image_size: int, shard_id: int, num_shards: int, seed: int,
+              device_id: Optional[int], checkpoint: Optional[str]):
+    from nvidia.dali import fn, pipeline_def, types
+
+    gpu = device_id is not None
+
+    @pipeline_def(enable_checkpointing=True)
+    def wds():
+        jpg, txt = fn.readers.webdataset(
+            paths=tars, index_paths=idxs, ext=["jpg", "txt"], missing_component_behavior="skip",
+            shard_id=shard_id, num_shards=num_shards, random_shuffle=True, initial_fill=256,
+            seed=seed, pad_last_batch=False, stick_to_shard=True, name="reader")
+        images = fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        images = fn.resize(images, resize_x=image_size, resize_y=image_size)
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
+                                          mean=[127.5] * 3, std=[127.5] * 3)
+        return images, fn.pad(txt, fill_value=0)  # dense text bytes for the torch iterator
+
+    kwargs = dict(batch_size=batch, num_threads=4, device_id=device_id, seed=seed)
+    if checkpoint is not None:
+        kwargs["checkpoint"] = checkpoint
+    pipe = wds(**kwargs)
+    pipe.build()
+    return pipe
+
+
+class DaliLoader:
+    def __init__(self, manifest: str, tokenizer, prompt: str, seq_length: int, image_size: int,
+                 micro_batch_size: int, dp_rank: int, dp_size: int, seed: int,
+                 device_id: Optional[int] = None):
+        m = json.loads(Path(manifest).read_text())
+        root = Path(manifest).parent
+        self.tars = [str(root / e["tar"]) for e in m["shards"]]
+        idxs = [root / e["idx"] for e in m["shards"] if e.get("idx")]
+        self.idxs = [str(p) for p in idxs] if len(idxs) == len(self.tars) and all(p.is_file() for p in idxs) else None
+        self.tok, self.prompt, self.seq, self.size = tokenizer, prompt, seq_length, image_size
+        self.mbs, self.rank, self.dp, self.seed, self.device_id = micro_batch_size, dp_rank, dp_size, seed, device_id
+        self.corrupt = 0  # DALI stops on an undecodable image (see the module docstring)
+        self._checkpoint: Optional[str] = None
+        self._pipe = None
+
+    def _build(self):
+        self._pipe = _pipeline(self.tars, self.idxs, self.mbs, self.size, self.rank, self.dp,
+                               self.seed, self.device_id, self._checkpoint)
+        log.info("DALI: %d shards, DP rank %d/%d, %s decode", len(self.tars), self.rank, self.dp,
+                 "GPU (mixed)" if self.device_id is not None else "CPU")
+
+    def next_microbatch(self) -> dict:
+        if self._pipe is None:
+            self._build()
+        images, txt = self._pipe.run()
+        if self.device_id is not None:
+            images = images.as_cpu()
+        pixels = torch.stack([torch.from_numpy(images.at(i).copy()) for i in range(len(images))])
+        texts = [bytes(txt.at(i).tobytes()).rstrip(b"\0").decode("utf-8", "replace") for i in range(len(txt))]
+        samples = [encode_pair(self.tok, self.prompt, t.strip(), self.seq) for t in texts]
+        batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+        batch["pixel_values"] = pixels.to(torch.cuda.current_device()) if self.device_id is not None else pixels
+        batch["position_ids"] = torch.arange(self.seq).expand(len(samples), self.seq)
+        return batch
+
+    def state_dict(self) -> dict:
+        return dict(dali=self._pipe.checkpoint() if self._pipe is not None else self._checkpoint,
+                    corrupt=self.corrupt)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._checkpoint, self.corrupt, self._pipe = state["dali"], int(state["corrupt"]), None
