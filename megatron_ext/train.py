@@ -150,6 +150,10 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
             log.info("resumed from %s at step %d", resume_from, start)
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()} if keep_model else None
+    from megatron_ext.training.mfu import mfu, peak_flops_total, train_flops_per_sample
+    visual_tokens = cfg.data.visual_tokens if cfg.data.kind == "synthetic" else 0
+    sample_flops = train_flops_per_sample(preset, cfg.model.method, cfg.data.seq_length, visual_tokens)
+    peak = peak_flops_total(dist.get_world_size())
     metrics = Metrics(run_dir, cfg, cfg.train.steps, start, enabled=rank0)
     preempt = _Preemption()
     seq = cfg.data.seq_length
@@ -170,7 +174,8 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
                 samples_per_s=cfg.train.global_batch_size / dt,
                 tokens_per_s=cfg.train.global_batch_size * seq / dt, step_time_s=dt,
                 corrupt_samples=int(corrupt.item()) // (cfg.parallel.tensor * cfg.parallel.pipeline),
-                peak_mem_gib=peak_memory_gib(), consumed_samples=step * cfg.train.global_batch_size))
+                peak_mem_gib=peak_memory_gib(), consumed_samples=step * cfg.train.global_batch_size,
+                mfu=mfu(sample_flops, cfg.train.global_batch_size / dt, peak)))
             stop = preempt.agreed()
             if step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop:
                 path = checkpoint.save(ckpt_root, step, model, optimizer, scheduler, loader,

@@ -59,6 +59,8 @@ class Metrics:
         s = record["step"]
         line = (f"loss {record['loss']:.4f} lr {record['lr']:.2e} gnorm {record['grad_norm']:.3f} "
                 f"{record['samples_per_s']:.1f} samples/s {record['tokens_per_s']:.0f} tok/s")
+        if record.get("mfu") is not None:
+            line += f" MFU {100 * record['mfu']:.1f}%"
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix_str(line)
