@@ -132,7 +132,7 @@ def breakdown(llm_name: str, method: str, visual_tokens: int, text_tokens: int,
         out.update(vlora_flops(llm, inj, text_tokens, visual_tokens, vdim))
     elif method == "vora" and not inj.merged:
         out["LoRA"] = vora_lora_flops(llm, inj, seq)
-    if vision and method != "base":
+    if vision and method not in ("base", "vora"):  # VoRA has no encoder, only its patch embedding
         out["vision encoder"] = vision_encoder_flops(vision, visual_tokens)
     return out
 

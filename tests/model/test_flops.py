@@ -33,8 +33,8 @@ def test_rose_costs_a_fraction_of_llava_and_its_extras_are_small():
     assert 0 < extras < 0.05 * rose["decoder projections"]
     # branch-form VoRA grows with LoRA, merged VoRA is the plain LLM on the longer sequence
     vora = breakdown("qwen2.5-7b", "vora", 729, 512, inj=Injection(merged=False))
-    assert vora["LoRA"] > 0 and breakdown("qwen2.5-7b", "vora", 729, 512).keys() == \
-        {"decoder projections", "attention scores", "LM head"}
+    assert vora["LoRA"] > 0 and breakdown("qwen2.5-7b", "vora", 729, 512, "siglip2-so400m").keys() == \
+        {"decoder projections", "attention scores", "LM head"}  # no encoder at inference
 
 
 def test_cli_prints_breakdown_and_total(capsys):
