@@ -52,7 +52,9 @@ def _dtype(cfg: TrainConfig) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.train.dtype]
 
 
-def build_model(cfg: TrainConfig, dtype: torch.dtype):
+def build_model(cfg: TrainConfig, dtype: torch.dtype, train_vision: bool = False):
+    """The method's model for this rank; with model.vision_weights, wrapped with the vision tower
+    (on the first pipeline stage; its features reach the stages with equipped layers)."""
     from megatron_ext.methods import build_model as build, resolve_preset
 
     preset = resolve_preset(cfg.model.preset)
@@ -60,8 +62,26 @@ def build_model(cfg: TrainConfig, dtype: torch.dtype):
     if cfg.train.fp8:
         overrides.update(fp8=cfg.train.fp8)
     torch.manual_seed(cfg.train.seed)
-    return preset, build(preset, method=cfg.model.method, backend=cfg.model.backend, dtype=dtype,
-                         config_overrides=overrides)
+    lm = build(preset, method=cfg.model.method, backend=cfg.model.backend, dtype=dtype,
+               config_overrides=overrides)
+    if not cfg.model.vision_weights:
+        return preset, lm
+    if cfg.data.kind == "synthetic":
+        raise ConfigError("data.kind=synthetic supplies visual features, which bypass the vision tower; "
+                          "unset model.vision_weights or read images (data.kind=webdataset|dali)")
+    method_cfg = getattr(lm, "rose", None) or getattr(lm, "vlora", None)
+    if method_cfg is None or not hasattr(method_cfg, "equipped_layers"):
+        raise ConfigError(f"model.vision_weights: method {cfg.model.method} does not take a vision "
+                          f"tower's features (VoRA embeds raw patches)")
+    from megatron.core import parallel_state as ps
+
+    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.vlm import VisionLanguageModel
+
+    tower = VisionTower.from_pretrained(cfg.model.vision_weights, dtype=dtype) \
+        if ps.is_pipeline_first_stage() else None
+    return preset, VisionLanguageModel(lm, tower, method_cfg.equipped_layers(lm.config.num_layers),
+                                       train_vision)
 
 
 def _log_trainable(summary: dict, trainable: list) -> None:
@@ -105,13 +125,13 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     dtype = _dtype(cfg)
     nmb = num_microbatches(cfg, dp)
 
-    preset, model = build_model(cfg, dtype)
+    trainable = cfg.train.trainable or stages.default_trainable(cfg.model.method, cfg.train.stage)
+    preset, model = build_model(cfg, dtype, train_vision="vision" in trainable)
     if cfg.data.kind != "synthetic" and not hasattr(model, "encode"):
         raise ConfigError(
             f"data.kind={cfg.data.kind} delivers images (pixel_values), but the {cfg.model.method} "
-            f"model built here has no vision tower to encode them; train on precomputed features "
-            f"(data.kind=synthetic) or use a model with its vision tower")
-    trainable = cfg.train.trainable or stages.default_trainable(cfg.model.method, cfg.train.stage)
+            f"model built here has no vision tower to encode them; set model.vision_weights (a local "
+            f"SigLIP/CLIP directory) or train on precomputed features (data.kind=synthetic)")
     summary = stages.apply_trainable(model, trainable)
     _log_trainable(summary, trainable)
 
@@ -126,7 +146,7 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
                      info["loaded"], info["kept_at_init"] or "none")
     elif resume_from is None and cfg.model.llm_weights:
         from megatron_ext.hf.qwen2 import load_qwen2
-        load_qwen2(model.language_model, cfg.model.llm_weights)
+        load_qwen2(getattr(model, "lm", model).language_model, cfg.model.llm_weights)
 
     ddp = optim.wrap_ddp(model, cfg)
     optimizer = optim.build_optimizer(ddp, cfg, dtype)

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from megatron_ext.training.ckpt_layout import mark_pipeline_replicas, per_layer
+from megatron_ext.training.ckpt_layout import mark_pipeline_replicas, per_layer, strip_wrapper_prefix
 from megatron_ext.training.grads import pipeline_replicated_params
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ def _ranks():
 def _model_state(model) -> dict:
     _, pp, _, _ = _ranks()
     sd = per_layer(model.sharded_state_dict())
+    if hasattr(model, "lm"):  # VisionLanguageModel
+        sd = strip_wrapper_prefix(sd)
     return mark_pipeline_replicas(sd, pipeline_replicated_params(model, trainable_only=False), pp)
 
 
@@ -153,6 +155,8 @@ def load_weights(path: Path, model) -> dict:
     saved = set(dist_checkpointing.load_tensors_metadata(str(path)))
     present = {k: v for k, v in sharded["model"].items() if _stored_keys(v) <= saved}
     missing = sorted(k for k in sharded["model"] if k not in present)
+    if not present:
+        raise RuntimeError(f"{path}: none of this model's tensors are in the checkpoint")
     state = dist_checkpointing.load({"model": present}, str(path))
     result = model.load_state_dict(state["model"], strict=False)
     # Megatron's extra state entries (e.g. `_extra_state`) may be absent; real tensors may not be

@@ -92,3 +92,24 @@ def mark_pipeline_replicas(sharded_state_dict: dict, params, pp_rank: int) -> di
         return mark(tree)
 
     return walk(sharded_state_dict)
+
+
+def strip_wrapper_prefix(sharded_state_dict: dict, prefix: str = "lm.") -> dict:
+    """Checkpoint keys of a VisionLanguageModel's LLM without the wrapper's `lm.`: the LLM's
+    tensors keep one name whether or not a vision tower is attached (S1 on features -> S2 on
+    images). Only the stored keys change; the dict keys still match the module's state_dict."""
+    from megatron.core.dist_checkpointing.mapping import ShardedBase
+
+    def strip(sh):
+        if isinstance(sh, ShardedBase) and sh.key.startswith(prefix):
+            return dataclasses.replace(sh, key=sh.key[len(prefix):])
+        return sh
+
+    def walk(tree):
+        if isinstance(tree, dict):
+            return {k: walk(v) for k, v in tree.items()}
+        if isinstance(tree, list):
+            return [walk(v) for v in tree]
+        return strip(tree)
+
+    return walk(sharded_state_dict)

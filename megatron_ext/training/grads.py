@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 def pipeline_replicated_params(model, trainable_only: bool = True) -> list:
     """Parameters replicated over pipeline stages whose grads are partial per stage."""
+    model = getattr(model, "lm", model)  # inside a VisionLanguageModel
     if hasattr(model, "finalize_generator_grads") and getattr(model, "generator", None) is not None:
         return [p for p in model.generator.parameters() if p.requires_grad or not trainable_only]
     return []
@@ -26,8 +27,11 @@ def make_finalize(model):
     replicated = pipeline_replicated_params(model)
     # finalize_model_grads looks for tied word embeddings on the outermost module with
     # `pre_process` (our wrapper, not the GPTModel inside): answer for the GPTModel
-    lm = getattr(model, "language_model", None)
+    inner = getattr(model, "lm", model)  # a VisionLanguageModel wraps the injected LLM
+    lm = getattr(inner, "language_model", None)
     if lm is not None and not hasattr(model, "share_embeddings_and_output_weights"):
+        if not hasattr(model, "pre_process"):
+            model.pre_process, model.post_process = inner.pre_process, inner.post_process
         model.share_embeddings_and_output_weights = lm.share_embeddings_and_output_weights
         model.shared_embedding_or_output_weight = lm.shared_embedding_or_output_weight
 

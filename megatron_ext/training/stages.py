@@ -13,7 +13,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("generator", "vision", "lora", "embedding", "aux", "llm")
+# "unused": parameters whose outputs nothing reads (a vision tower's blocks after the feature layer,
+# its pooling head); no stage trains them
+GROUPS = ("generator", "vision", "lora", "embedding", "aux", "llm", "unused")
 
 # The papers' stages. ROSE: S1 VRMG, S2 VRMG + vision encoder, S3 everything. VLoRA: pre-training
 # trains the generator (with its W_s), fine-tuning adds the LLM. VoRA: LoRA + vision embedding (+ the
@@ -61,8 +63,10 @@ def parameter_groups(model: torch.nn.Module) -> dict[str, list[tuple[str, torch.
     # VLoRA's W_s lives in the LLM's linears but belongs to the generator
     owner = getattr(model, "lm", model)
     generator_ids = {id(p) for p in owner.generator_parameters()} if hasattr(owner, "generator_parameters") else set()
+    tower = getattr(model, "vision", None)
+    unused = {f"vision.model.{n}" for n in getattr(tower, "unused", ())}
     for name, p in named:
-        groups[_group_of(name, generator_ids, p)].append((name, p))
+        groups["unused" if name in unused else _group_of(name, generator_ids, p)].append((name, p))
     return groups
 
 

@@ -59,6 +59,19 @@ def _worker(rank, root):
             r.update(tp=ps.get_tensor_model_parallel_rank(), pp=ps.get_pipeline_model_parallel_rank())
             out[(layout, stage)] = r
 
+    # ROSE S2 for real at PP=2: images from shards (one corrupt), a SigLIP tower on stage 0 whose
+    # features reach stage 1's generator; the tower trains with the generator, the LLM stays frozen
+    cfg = load_config(str(TINY_S1), [
+        f"log.run_dir={root}/pp2-s2-images", "log.wandb=false", "parallel.pipeline=2",
+        "train.stage=s2", "train.steps=3", "optim.warmup_steps=1", "optim.lr=2e-3",
+        "data.kind=webdataset", f"data.manifest={root}/shards/manifest.json", "data.image_size=32",
+        "data.seq_length=16", f"model.vision_weights={root}/siglip", f"train.init_from={root}/pp2-s1"])
+    r = run(cfg, keep_model=True)
+    model = r.pop("model")
+    r["groups"] = {n: g for g, ps_ in stages.parameter_groups(model).items() for n, _ in ps_}
+    r["pp"] = ps.get_pipeline_model_parallel_rank()
+    out[("pp2-images", "s2")] = r
+
     # VLoRA pre-training at PP=2: the generator replica on each stage (+ W_s in the LLM's linears)
     cfg = load_config(str(VLORA_S1), [f"log.run_dir={root}/vlora-pp2", "log.wandb=false",
                                       "parallel.pipeline=2", "train.steps=3", "optim.warmup_steps=1"])
@@ -88,7 +101,18 @@ def _worker(rank, root):
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
+    import torch
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from test_data import make_shards
+
     root = tmp_path_factory.mktemp("stages")
+    torch.manual_seed(0)
+    SiglipVisionModel(SiglipVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                                         num_attention_heads=4, image_size=32, patch_size=8)
+                      ).save_pretrained(root / "siglip")
+    (root / "shards").mkdir()
+    make_shards(root / "shards", n_shards=2, per_shard=10, corrupt=(4,))
     return root, run_distributed(_worker, world_size=2, root=root)
 
 
@@ -116,6 +140,21 @@ def test_vlora_pretraining_trains_generator_and_its_ws_at_pp2(results):
         assert any(".lora_B" in n for n in trained)  # W_s lives in the LLM's linears
         assert all(changed == g for g, changed in r["params"].values())
         assert r["losses"][-1] < r["losses"][0]
+
+
+def test_s2_with_images_trains_the_vision_tower_at_pp2(results):
+    import json
+
+    root, ranks = results
+    for out in ranks:
+        r = out[("pp2-images", "s2")]
+        trained = {r["groups"][n] for n, (g, _) in r["params"].items() if g}
+        # the tower lives on stage 0 only; each stage has its own generator
+        assert trained == ({"generator", "vision"} if r["pp"] == 0 else {"generator"})
+        assert all(changed == g for g, changed in r["params"].values())
+    records = [json.loads(l) for l in (root / "pp2-s2-images" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(x["loss"] == x["loss"] for x in records)
+    assert records[-1]["corrupt_samples"] >= 1  # 24 samples read from 20 incl. the corrupt one
 
 
 def test_stages_chain_from_the_previous_checkpoint(results):
