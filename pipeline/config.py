@@ -59,7 +59,7 @@ class RecaptionConfig:
     prompt: str = "detailed"  # a preset from recaption/prompts.py or a literal instruction
     batch_size: int = 8
     num_actors: int = 1
-    num_gpus_per_actor: Optional[float] = None  # None: 1 on a GPU backend, 0 on CPU
+    num_gpus_per_actor: Optional[float] = None  # None: vLLM's TP size; transformers: 1 if the cluster has GPUs
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0

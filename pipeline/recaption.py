@@ -155,8 +155,9 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
         init_ray(cfg.ray)
         ray.data.DataContext.get_current().enable_progress_bars = False  # tqdm below tracks shards
         gpus = rc.num_gpus_per_actor
-        if gpus is None:
-            gpus = float(rc.vllm.tensor_parallel_size if backend == "vllm" else 0)
+        if gpus is None:  # one model per GPU when the cluster has GPUs (vLLM: one per TP rank)
+            has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+            gpus = float(rc.vllm.tensor_parallel_size if backend == "vllm" else (1 if has_gpu else 0))
         ds = (ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 200)))
               .map(load_chunk)
               .map_batches(CaptionActor, fn_constructor_kwargs={"rc": rc, "backend": backend}, batch_size=1,

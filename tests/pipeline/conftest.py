@@ -64,7 +64,7 @@ def ray_cluster():
         yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "temp": temp}
         ray.shutdown()
     finally:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
             try:
                 os.killpg(head.pid, sig)  # the head's own process group, started above
                 head.wait(timeout=wait)
