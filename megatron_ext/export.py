@@ -128,3 +128,66 @@ def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_process
                      max_new_tokens=max_new_tokens, do_sample=False).save_pretrained(out)
     log.info("exported %d tensors to %s", len(state), out)
     return out
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir: str | None = None,
+                      image_processor_dir: str | None = None, max_shard_size: str = "2GB") -> Path:
+    """A training checkpoint (any TP/PP layout; dist checkpoints reshard on load) -> a HF folder.
+
+    Rebuilds the run's model from its resolved config.yaml at TP=1, PP=1 in this process."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    from megatron_ext.parallel import init_parallel
+    from megatron_ext.train import build_model
+    from megatron_ext.training.checkpoint import latest, load_weights
+    from megatron_ext.training.config import load_config
+
+    path = latest(Path(checkpoint))
+    if path is None:
+        raise FileNotFoundError(f"no complete checkpoint under {checkpoint}")
+    run_dir = next((p for p in (path.parent, path.parent.parent) if (p / "config.yaml").is_file()), None)
+    if run_dir is None:
+        raise FileNotFoundError(f"no config.yaml beside {path} (a run directory holds the resolved config)")
+    cfg = load_config(str(run_dir / "config.yaml"), ["parallel.tensor=1", "parallel.pipeline=1"])
+    tokenizer_dir = tokenizer_dir or (cfg.data.tokenizer if Path(cfg.data.tokenizer).is_dir() else None)
+    if tokenizer_dir is None:
+        raise ValueError(f"the run tokenised with '{cfg.data.tokenizer}'; pass --tokenizer with a "
+                         "Hugging Face tokenizer directory for the export")
+    if cfg.model.method != "vora" and not cfg.model.vision_weights:
+        raise ValueError("the run has no vision tower (model.vision_weights): it trained on "
+                         "precomputed features, so there is no model that reads pixels to export")
+    init_parallel(1, 1)
+    preset, model = build_model(cfg, torch.float32)
+    result = load_weights(path, model)
+    if result["kept_at_init"]:
+        raise ValueError(f"{path} lacks {len(result['kept_at_init'])} tensors of the model, e.g. "
+                         f"{result['kept_at_init'][:3]}")
+    processor_dir = image_processor_dir or cfg.model.vision_weights
+    if processor_dir is None:
+        raise ValueError("pass --image-processor: a directory with the image processor's "
+                         "preprocessor_config.json")
+    log.info("exporting %s (%s, step directory %s)", run_dir, cfg.model.method, path.name)
+    return export_model(model, preset["llm"], out_dir, AutoTokenizer.from_pretrained(tokenizer_dir),
+                        AutoImageProcessor.from_pretrained(processor_dir), max_shard_size=max_shard_size)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Export a training checkpoint to a Hugging Face folder "
+                                             "(load with trust_remote_code=True).")
+    ap.add_argument("--checkpoint", required=True, help="a run dir, its checkpoints/ dir or one step dir")
+    ap.add_argument("--out", required=True, help="the folder to write")
+    ap.add_argument("--tokenizer", help="HF tokenizer dir (default: the run's data.tokenizer)")
+    ap.add_argument("--image-processor", help="dir with preprocessor_config.json (default: the run's "
+                                              "vision tower dir)")
+    ap.add_argument("--max-shard-size", default="2GB")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    out = export_checkpoint(args.checkpoint, args.out, args.tokenizer, args.image_processor,
+                            args.max_shard_size)
+    print(f"exported to {out}: AutoModelForCausalLM.from_pretrained('{out}', trust_remote_code=True)")
+
+
+if __name__ == "__main__":
+    main()
