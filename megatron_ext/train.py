@@ -85,14 +85,13 @@ def build_model(cfg: TrainConfig, dtype: torch.dtype, train_vision: bool = False
 
 
 def _log_trainable(summary: dict, trainable: list) -> None:
+    """One line per TP/PP rank (DP replicas are identical): every group's tensors and elements."""
     from megatron.core import parallel_state as ps
 
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, (ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(), summary))
     if dist.get_rank() == 0:
-        for tp, pp, s in gathered:
-            if ps.get_data_parallel_world_size() > 1 and dist.get_rank() != 0:
-                continue
+        for (tp, pp), s in sorted({(tp, pp): s for tp, pp, s in gathered}.items()):
             parts = ", ".join(f"{g}{'*' if g in trainable else ''} {n} ({e:,})" for g, (n, e) in s.items() if n)
             log.info("params TP%d/PP%d: %s   (* = trains)", tp, pp, parts)
 

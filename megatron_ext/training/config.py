@@ -46,7 +46,6 @@ class DataSection:
     # synthetic features (tests, demo): `pairs` fixed (features, caption) pairs
     pairs: int = 8
     visual_tokens: int = 8
-    num_workers: int = 0
 
 
 @dataclass
@@ -60,7 +59,6 @@ class TrainSection:
     seed: int = 1234
     dtype: str = "auto"                  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     fp8: Optional[str] = None            # e.g. "hybrid" on GPUs with Transformer Engine FP8
-    exit_on_nonfinite: bool = True
 
 
 @dataclass
