@@ -131,10 +131,13 @@ def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_process
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir: str | None = None,
-                      image_processor_dir: str | None = None, max_shard_size: str = "2GB") -> Path:
+                      image_processor_dir: str | None = None, vision_dir: str | None = None,
+                      max_shard_size: str = "2GB") -> Path:
     """A training checkpoint (any TP/PP layout; dist checkpoints reshard on load) -> a HF folder.
 
-    Rebuilds the run's model from its resolved config.yaml at TP=1, PP=1 in this process."""
+    Rebuilds the run's model from its resolved config.yaml at TP=1, PP=1 in this process. A run
+    trained on precomputed visual features (S1 with a frozen encoder) names the encoder they came
+    from with `vision_dir`; a run with model.vision_weights has its own (trained) tower."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
     from megatron_ext.parallel import init_parallel
@@ -153,16 +156,22 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir
     if tokenizer_dir is None:
         raise ValueError(f"the run tokenised with '{cfg.data.tokenizer}'; pass --tokenizer with a "
                          "Hugging Face tokenizer directory for the export")
-    if cfg.model.method != "vora" and not cfg.model.vision_weights:
-        raise ValueError("the run has no vision tower (model.vision_weights): it trained on "
-                         "precomputed features, so there is no model that reads pixels to export")
+    if cfg.model.method != "vora" and not (cfg.model.vision_weights or vision_dir):
+        raise ValueError("the run trained on precomputed visual features and has no vision tower "
+                         "(model.vision_weights): pass --vision with the encoder they came from")
     init_parallel(1, 1)
     preset, model = build_model(cfg, torch.float32)
     result = load_weights(path, model)
     if result["kept_at_init"]:
         raise ValueError(f"{path} lacks {len(result['kept_at_init'])} tensors of the model, e.g. "
                          f"{result['kept_at_init'][:3]}")
-    processor_dir = image_processor_dir or cfg.model.vision_weights
+    if cfg.model.method != "vora" and not cfg.model.vision_weights:
+        from megatron_ext.vision_tower import VisionTower
+        from megatron_ext.vlm import VisionLanguageModel
+
+        model = VisionLanguageModel(model, VisionTower.from_pretrained(vision_dir), model.equipped,
+                                    train_vision=False)
+    processor_dir = image_processor_dir or cfg.model.vision_weights or vision_dir
     if processor_dir is None:
         raise ValueError("pass --image-processor: a directory with the image processor's "
                          "preprocessor_config.json")
@@ -181,11 +190,12 @@ def main(argv=None) -> None:
     ap.add_argument("--tokenizer", help="HF tokenizer dir (default: the run's data.tokenizer)")
     ap.add_argument("--image-processor", help="dir with preprocessor_config.json (default: the run's "
                                               "vision tower dir)")
+    ap.add_argument("--vision", help="the encoder of a run trained on precomputed features")
     ap.add_argument("--max-shard-size", default="2GB")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = export_checkpoint(args.checkpoint, args.out, args.tokenizer, args.image_processor,
-                            args.max_shard_size)
+                            args.vision, args.max_shard_size)
     print(f"exported to {out}: AutoModelForCausalLM.from_pretrained('{out}', trust_remote_code=True)")
 
 
