@@ -140,7 +140,6 @@ def main() -> None:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or
                                                              ("bf16" if torch.cuda.is_available() else "fp32")]
     from megatron_ext.parallel import init_parallel
-    os.environ.setdefault("MASTER_PORT", "29531")
     init_parallel(1, 1)
 
     shape = SHAPES[args.shape]

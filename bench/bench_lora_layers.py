@@ -127,7 +127,6 @@ def main() -> None:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or
                                                              ("bf16" if torch.cuda.is_available() else "fp32")]
     from megatron_ext.parallel import init_parallel
-    os.environ.setdefault("MASTER_PORT", "29533")
     init_parallel(1, 1)
     m = METHOD[args.shape]
     print(f"machine: {machine()}   dtype: {dtype}   shape: {args.shape}   tokens: {args.tokens} x batch "

@@ -27,8 +27,11 @@ def init_parallel(tensor_parallel: int = 1, pipeline_parallel: int = 1, seed: in
 
     on_cpu = cpu_compat.install()
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
+        if "WORLD_SIZE" not in os.environ:
+            # one process, not launched by torchrun: a private port, whatever MASTER_PORT a parent
+            # process (a test run, a Slurm job) left in the environment
+            os.environ["MASTER_ADDR"] = "127.0.0.1"
+            os.environ["MASTER_PORT"] = str(_free_port())
         rank = int(os.environ.get("RANK", 0))
         world = int(os.environ.get("WORLD_SIZE", 1))
         if not on_cpu:
@@ -45,6 +48,14 @@ def init_parallel(tensor_parallel: int = 1, pipeline_parallel: int = 1, seed: in
     if dist.get_rank() == 0:
         log.info("parallel: world=%d TP=%d PP=%d backend=%s", world, tensor_parallel,
                  pipeline_parallel, backend_name())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def shutdown() -> None:

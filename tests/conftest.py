@@ -24,11 +24,5 @@ def pytest_collection_modifyitems(config, items):
 def megatron_single_process():
     """torch.distributed with world size 1 and Megatron's model-parallel state (TP=PP=1)."""
     from megatron_ext.parallel import init_parallel
-    os.environ.setdefault("MASTER_PORT", str(_port()))
     init_parallel(1, 1)
     yield
-
-
-def _port() -> int:
-    from distributed import _free_port
-    return _free_port()
