@@ -21,22 +21,20 @@ def backend_name() -> str:
 def init_parallel(tensor_parallel: int = 1, pipeline_parallel: int = 1, seed: int = 1234) -> None:
     """Initialise torch.distributed from the torchrun environment and Megatron's model-parallel groups.
 
-    Falls back to a single process when no torchrun variables are set.
+    Without torchrun's variables, a single process on a free loopback port (the environment is
+    left untouched, so child processes inherit no stale MASTER_PORT).
     """
     from megatron.core import parallel_state, tensor_parallel as mtp
 
     on_cpu = cpu_compat.install()
     if not dist.is_initialized():
-        if "WORLD_SIZE" not in os.environ:
-            # one process, not launched by torchrun: a private port, whatever MASTER_PORT a parent
-            # process (a test run, a Slurm job) left in the environment
-            os.environ["MASTER_ADDR"] = "127.0.0.1"
-            os.environ["MASTER_PORT"] = str(_free_port())
-        rank = int(os.environ.get("RANK", 0))
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        if not on_cpu:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend_name(), rank=rank, world_size=world,
+        if "WORLD_SIZE" in os.environ:  # launched by torchrun (or a test's process group)
+            init, rank, world = "env://", int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            if not on_cpu:
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        else:  # one process: a private port, whatever MASTER_PORT the environment carries
+            init, rank, world = f"tcp://127.0.0.1:{_free_port()}", 0, 1
+        dist.init_process_group(backend_name(), init_method=init, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(minutes=10))
     world = dist.get_world_size()
     if world % (tensor_parallel * pipeline_parallel):

@@ -24,7 +24,7 @@ def _cpu_device(*_args, **_kwargs) -> torch.device:
     return torch.device("cpu")
 
 
-def _on_cpu(device):
+def on_cpu(device):
     """Map a CUDA device argument to the CPU, leave anything else alone."""
     if device is None:
         return None
@@ -59,7 +59,7 @@ def _patch_schedule_devices() -> None:
     real_zeros = torch.zeros
 
     def zeros(*args, device=None, **kwargs):
-        return real_zeros(*args, device=_on_cpu(device), **kwargs)
+        return real_zeros(*args, device=on_cpu(device), **kwargs)
 
     proxy = types.ModuleType("torch_cpu_proxy")
     proxy.__dict__.update({k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})

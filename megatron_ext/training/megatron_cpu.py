@@ -28,12 +28,7 @@ _MODULES = ("megatron.core.optimizer.optimizer", "megatron.core.optimizer.clip_g
 _FACTORIES = ("zeros", "ones", "empty", "tensor", "full", "zeros_like", "empty_like")
 
 
-def _on_cpu(device):
-    if device is None:
-        return None
-    if isinstance(device, int) or torch.device(device).type == "cuda":
-        return torch.device("cpu")
-    return device
+_on_cpu = cpu_compat.on_cpu
 
 
 def _cpu_torch() -> types.ModuleType:

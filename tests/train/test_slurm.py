@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def dry_run(stage, *args, **env):
-    e = dict(os.environ, DRY_RUN="1", SLURM_JOB_NODELIST="gpu-a,gpu-b,gpu-c", SLURM_NNODES="3",
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    e = dict(inherited, DRY_RUN="1", SLURM_JOB_NODELIST="gpu-a,gpu-b,gpu-c", SLURM_NNODES="3",
              SLURM_JOB_ID="4242", SLURM_JOB_NAME=f"train-{stage}", GPUS_PER_NODE="8",
              RUN_ROOT="/ckpt", PATH="/usr/bin:/bin", **env)
     e.pop("SLURM_SUBMIT_DIR", None)
