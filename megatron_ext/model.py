@@ -77,6 +77,13 @@ class InjectedGPTModel(MegatronModule):
             return self.language_model(input_ids, position_ids, attention_mask, labels=labels, **kwargs)
 
 
+def train_only(model: torch.nn.Module, params) -> None:
+    """requires_grad on exactly `params` (a method's pre-training set), off everywhere else."""
+    keep = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+
+
 class ROSEModel(InjectedGPTModel):
     """A GPTModel whose equipped projections are rotated per image (ROSE)."""
 

@@ -40,7 +40,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_ext.fused_layout import LINEAR_OF
 from megatron_ext.lora import low_rank_layers, lora_linear
-from megatron_ext.model import InjectedGPTModel
+from megatron_ext.model import InjectedGPTModel, train_only
 from megatron_ext.specs import LINEARS, linear_classes, linear_owner, unfuse_te_norms
 from megatron_ext.vlora_generator import PerceptualWeightsGenerator
 
@@ -199,7 +199,5 @@ def build_vlora(preset: dict, backend: str = "auto", dtype: torch.dtype = torch.
     config = preset_transformer_config(preset, dtype, config_overrides)
     model = VLoRAModel(config, vlora_config(preset, **vlora_overrides), backend=backend, **gpt_model_kwargs(llm))
     if freeze_llm:
-        trainable = {id(p) for p in model.generator_parameters()}
-        for p in model.parameters():
-            p.requires_grad_(id(p) in trainable)
+        train_only(model, model.generator_parameters())
     return model

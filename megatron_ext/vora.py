@@ -31,7 +31,7 @@ from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from megatron_ext.context import ConditionedLayer
 from megatron_ext.lora import low_rank_layers, lora_linear
-from megatron_ext.model import InjectedGPTModel
+from megatron_ext.model import InjectedGPTModel, train_only
 from megatron_ext.specs import LINEARS, linear_classes, linear_owner, unfuse_te_norms
 from megatron_ext.vora_embedding import VisionEmbedding
 
@@ -263,7 +263,5 @@ def build_vora(preset: dict, backend: str = "auto", dtype: torch.dtype = torch.f
     config = preset_transformer_config(preset, dtype, config_overrides)
     model = VoRAModel(config, vora_config(preset, **vora_overrides), backend=backend, **gpt_model_kwargs(llm))
     if freeze_llm:
-        trainable = {id(p) for p in model.trainable_parameters()}
-        for p in model.parameters():
-            p.requires_grad_(id(p) in trainable)
+        train_only(model, model.trainable_parameters())
     return model

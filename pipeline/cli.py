@@ -44,3 +44,9 @@ def exit_on_user_error(fn, *args):
     except (FileNotFoundError, RayConnectError, config_mod.ConfigError, InputError, BackendUnavailable) as e:
         logging.getLogger("pipeline").error("%s", e)
         sys.exit(f"error: {e}")
+
+
+def stage_main(run, doc: str, argv=None) -> None:
+    """The command line of one stage: parse --config/--set, then run it with clear user errors."""
+    cfg, _ = parse_and_load(argv, doc)
+    exit_on_user_error(run, cfg)

@@ -187,9 +187,8 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
 
 
 def main(argv=None):
-    from pipeline.cli import exit_on_user_error, parse_and_load
-    cfg, _ = parse_and_load(argv, __doc__)
-    exit_on_user_error(run, cfg)
+    from pipeline.cli import stage_main
+    stage_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":
