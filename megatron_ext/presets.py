@@ -23,10 +23,19 @@ def load_preset(name_or_path: str) -> dict:
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"model preset '{name_or_path}' not found; known presets: {known}")
     preset = yaml.safe_load(path.read_text())
+    if "base" in preset:  # `base: tiny` + the keys that differ: a variant without a copy
+        preset = _merged(load_preset(str(preset.pop("base"))), preset)
     unknown = set(preset.get("llm", {})) - _LLM_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown llm keys {sorted(unknown)}; known: {sorted(_LLM_KEYS)}")
     return preset
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def rose_config(preset: dict, **overrides) -> RoseConfig:

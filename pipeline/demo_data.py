@@ -16,7 +16,7 @@ WORDS = ("red green blue small large round square striped dotted bright dark old
          "cat dog house tree car boat bird flower mountain river street window table").split()
 
 
-def _image(seed: int, w: int, h: int) -> Image.Image:
+def blob_image(seed: int, w: int, h: int) -> Image.Image:
     """Smooth random blobs: distinct perceptual hashes per seed, compressible like photos."""
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
@@ -44,14 +44,16 @@ def build_corpus(n_good: int = 24, seed: int = 0) -> Tuple[Dict[str, Tuple[bytes
     """-> (files: path -> (body, content type), rows: (path or absolute URL, alt-text bytes, expected)).
 
     `expected` is the reason the pipeline must give ("" = should survive download), used by tests."""
+    if not 0 < n_good < 999:
+        raise ValueError(f"n_good={n_good}: between 1 and 998 (image seeds are seed * 1000 + i)")
     files, rows = {}, []
     rng = np.random.default_rng(seed)
     for i in range(n_good):
         w, h = int(rng.integers(300, 640)), int(rng.integers(300, 640))
-        files[f"/img/{i}.jpg"] = (_jpeg(_image(seed * 1000 + i, w, h)), "image/jpeg")
+        files[f"/img/{i}.jpg"] = (_jpeg(blob_image(seed * 1000 + i, w, h)), "image/jpeg")
         rows.append((f"/img/{i}.jpg", _alt(i), ""))
-    base = _image(seed * 1000 + 1, 400, 300)
-    full = _jpeg(_image(seed * 1000 + 2, 400, 400))
+    base = blob_image(seed * 1000 + 1, 400, 300)
+    full = _jpeg(blob_image(seed * 1000 + 2, 400, 400))
     hostile = {
         "/bad/corrupt.jpg": (bytes(rng.integers(0, 256, 2000, dtype=np.uint8)), "image/jpeg", "not_an_image"),
         "/bad/truncated.jpg": (full[: len(full) // 2], "image/jpeg", "truncated_image"),
@@ -60,7 +62,7 @@ def build_corpus(n_good: int = 24, seed: int = 0) -> Tuple[Dict[str, Tuple[bytes
         "/bad/bomb.png": (_png(Image.new("L", (8000, 8000))), "image/png", "decompression_bomb"),
         "/dup/exact.jpg": (_jpeg(base), "image/jpeg", ""),       # same bytes as /img/1.jpg after re-encode
         "/dup/near.jpg": (_jpeg(base.resize((380, 285)), 70), "image/jpeg", ""),  # near duplicate
-        "/odd/wide.jpg": (_jpeg(_image(seed * 1000 + 99, 640, 64)), "image/jpeg", ""),  # aspect ratio
+        "/odd/wide.jpg": (_jpeg(blob_image(seed * 1000 + 999, 640, 64)), "image/jpeg", ""),  # aspect ratio
     }
     files["/img/1.jpg"] = (_jpeg(base), "image/jpeg")
     for path, (body, ctype, expected) in hostile.items():

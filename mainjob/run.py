@@ -1,0 +1,100 @@
+"""The main job: web image-text pairs to a trained, exported model, in one command.
+
+    python -m mainjob.run                      # ROSE S1 -> S2 -> S3, default size
+    python -m mainjob.run --method vlora       # or vora
+    python -m mainjob.run --size smallest      # the end-to-end test's setting
+
+Writes everything under --out/<method>/ (default runs/main/rose/): assets/ (shared), data/,
+train/<stage>/, hf/, logs/, report/. Re-running after an interruption continues: the data
+pipeline resumes its stages and finished training stages are skipped."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mainjob import assets, data, inference, report, training
+from mainjob.proc import StepFailed
+from mainjob.settings import IMAGE_SIZE, METHODS, PROMPT, SIZES
+
+log = logging.getLogger("mainjob")
+
+
+def main_job(method: str, size_name: str, out_root: Path, echo: bool = True) -> dict:
+    t0 = time.time()
+    spec, size = METHODS[method], SIZES[size_name]
+    out = out_root / method
+    shared = out_root / "assets"
+    timings = {}
+
+    def timed(name, fn, *args, **kwargs):
+        log.info("== %s", name)
+        t = time.time()
+        result = fn(*args, **kwargs)
+        timings[name] = round(time.time() - t, 1)
+        return result
+
+    tokenizer = timed("assets: tokenizer", assets.tokenizer, shared)
+    captioner = timed("assets: captioner", assets.captioner, shared)
+    tower = timed(f"assets: {spec.tower} encoder", assets.vision_tower, shared, spec.tower, IMAGE_SIZE)
+    data_summary = timed("data pipeline", data.build, out, size, captioner, echo=echo)
+    trained = timed("training", training.train, out, method, spec.stages, size,
+                    data_summary["manifest"], tokenizer, tower, echo=echo)
+    last_run = trained[spec.stages[-1]]["run_dir"]
+    hf_dir, _ = timed("export", inference.export, out, last_run, tokenizer, echo=echo)
+    image_path = out / "held_out.jpg"
+    image = inference.held_out_image(image_path)
+    caption = timed("caption a held-out image", inference.caption, hf_dir, tokenizer, image, PROMPT)
+
+    summary = dict(
+        method=method, size=size_name, finished=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        wall_s=round(time.time() - t0, 1), timings_s=timings,
+        data=dict(input=data_summary["input"], kept=data_summary["kept"], dropped=data_summary["dropped"],
+                  dropped_by_reason=data_summary["dropped_by_reason"], manifest=data_summary["manifest"],
+                  report=str(Path(data_summary["manifest"]).parent.parent / "report" / "index.html")),
+        stages=report.stage_rows(trained), export=str(hf_dir), held_out_image=str(image_path), caption=caption)
+    summary["report"] = str(report.write(out, summary, trained))
+    return summary
+
+
+def print_summary(s: dict) -> None:
+    d = s["data"]
+    print(f"\n== main job ({s['method']}, {s['size']}) done in {s['wall_s']:.0f} s")
+    print(f"data      {d['input']} URLs -> {d['kept']} samples kept, {d['dropped']} dropped "
+          f"({', '.join(f'{k} {v}' for k, v in d['dropped_by_reason'].items())})")
+    print(f"          shards: {d['manifest']}\n          data report: {d['report']}")
+    for r in s["stages"]:
+        print(f"train {r['stage']:<3} {r['steps']:>3} steps  loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}  "
+              f"{r['samples_per_s']:.1f} samples/s  {r['tokens_per_s']:.0f} tokens/s  {r['run_dir']}")
+    c = s["caption"]
+    print(f"export    {s['export']}")
+    print(f"caption   {s['held_out_image']}: {c['caption']!r}")
+    if "merged_equal" in c:
+        print(f"          merge_vision -> {c['merged_class']}: same greedy tokens = {c['merged_equal']}")
+    print(f"report    {s['report']} (loss curves, summary.json)")
+    print("timings   " + ", ".join(f"{k} {v:.0f}s" for k, v in s["timings_s"].items()))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", choices=sorted(METHODS), default="rose")
+    p.add_argument("--size", choices=sorted(SIZES), default="default")
+    p.add_argument("--out", default="runs/main", help="output root (default runs/main)")
+    p.add_argument("--quiet", action="store_true", help="child processes' output only to out/<method>/logs/")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
+    try:
+        summary = main_job(args.method, args.size, Path(args.out).resolve(), echo=not args.quiet)
+    except StepFailed as e:
+        log.error("%s", e)
+        return 1
+    print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

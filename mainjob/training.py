@@ -1,0 +1,60 @@
+"""Step 3: the method's stages, one torchrun per stage (TP=2 over two processes), each starting
+from the previous stage's checkpoint. A stage whose checkpoint already holds its last step is
+skipped, so a re-run of a killed main job continues where it stopped."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import yaml
+
+from mainjob import proc
+from mainjob.settings import TENSOR_PARALLEL, Size, train_config
+
+log = logging.getLogger("mainjob.training")
+
+
+def stage_steps(config: Path, size: Size) -> int:
+    steps = yaml.safe_load(config.read_text())["train"]["steps"]
+    return max(2, round(steps * size.steps_scale))
+
+
+def _finished(run_dir: Path, steps: int) -> bool:
+    from megatron_ext.training.checkpoint import latest
+
+    ckpt = latest(run_dir) if run_dir.is_dir() else None
+    return ckpt is not None and ckpt.name == f"step_{steps:06d}"
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def train(out: Path, method: str, stages: tuple, size: Size, manifest: str, tokenizer: Path,
+          tower: Path, echo: bool = True) -> dict:
+    """-> {stage: {run_dir, steps, wall_s, metrics}}"""
+    results, previous = {}, None
+    for stage in stages:
+        config = train_config(method, stage)
+        run_dir = out / "train" / stage
+        steps = stage_steps(config, size)
+        wall = 0.0
+        if _finished(run_dir, steps):
+            log.info("%s already trained (%d steps) in %s", stage, steps, run_dir)
+        else:
+            overrides = [f"parallel.tensor={TENSOR_PARALLEL}", f"train.steps={steps}",
+                         f"data.manifest={manifest}", f"data.tokenizer={tokenizer}",
+                         f"model.vision_weights={tower}", f"log.run_dir={run_dir}"]
+            if previous is not None:
+                overrides.append(f"train.init_from={previous}")
+            cmd = [Path(proc.python()).parent / "torchrun", "--standalone",
+                   f"--nproc-per-node={TENSOR_PARALLEL}", "-m", "megatron_ext.train",
+                   "--config", config, *overrides]
+            wall = proc.run(cmd, out / "logs" / f"train-{stage}.log", f"train {stage}", echo=echo,
+                            env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+        results[stage] = dict(run_dir=str(run_dir), steps=steps, wall_s=round(wall, 1), metrics=metrics(run_dir))
+        previous = run_dir
+    return results

@@ -1,0 +1,102 @@
+"""The main job end to end on its smallest setting, as `bash scripts/main.sh --size smallest` runs
+it (python -m mainjob.run): the artefacts on disk, not just the exit status."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory):
+    out = tmp_path_factory.mktemp("main")
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "mainjob.run", "--size", "smallest", "--out", str(out), "--quiet"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    run = out / "rose"
+    return run, json.loads((run / "report" / "summary.json").read_text()), proc.stdout
+
+
+def test_every_url_is_accounted_for_and_the_shards_hold_the_kept_samples(main_job):
+    import pandas as pd
+
+    from pipeline.demo_data import build_corpus
+    from mainjob.settings import SIZES
+
+    run, summary, _ = main_job
+    _, rows = build_corpus(SIZES["smallest"].good_images)
+    d = summary["data"]
+    assert d["input"] == len(rows) and d["kept"] + d["dropped"] == len(rows)
+    decisions = pd.read_parquet(run / "data" / "pipeline" / "decisions.parquet")
+    assert len(decisions) == len(rows) and decisions.uid.is_unique
+    # every hostile case was dropped (and said why); the good images mostly survive
+    assert d["dropped"] >= sum(1 for r in rows if r[2])
+    assert d["kept"] >= 0.8 * SIZES["smallest"].good_images
+    manifest = json.loads(Path(d["manifest"]).read_text())
+    in_tars = 0
+    for shard in manifest["shards"]:
+        with tarfile.open(Path(d["manifest"]).parent / shard["tar"]) as tf:
+            names = tf.getnames()
+        jpgs = sum(n.endswith(".jpg") for n in names)
+        assert jpgs == shard["samples"] == sum(n.endswith(".txt") for n in names)
+        in_tars += jpgs
+    assert in_tars == manifest["num_samples"] == d["kept"]
+    assert (run / "data" / "pipeline" / "report" / "index.html").is_file()
+
+
+def test_each_stage_trained_at_tp2_and_the_loss_fell(main_job):
+    import yaml
+
+    run, summary, _ = main_job
+    stages = {r["stage"]: r for r in summary["stages"]}
+    assert list(stages) == ["s1", "s2", "s3"]
+    for name, r in stages.items():
+        cfg = yaml.safe_load((run / "train" / name / "config.yaml").read_text())
+        assert cfg["parallel"]["tensor"] == 2 and cfg["train"]["stage"] == name
+        lines = [json.loads(x) for x in (run / "train" / name / "metrics.jsonl").read_text().splitlines()]
+        assert [m["step"] for m in lines] == list(range(1, r["steps"] + 1))
+        assert all(m["samples_per_s"] > 0 and m["corrupt_samples"] == 0 for m in lines)
+    assert yaml.safe_load((run / "train" / "s2" / "config.yaml").read_text())["train"]["init_from"].endswith("s1")
+    assert stages["s1"]["loss_last"] < stages["s1"]["loss_first"]       # VRMG alone moves the loss
+    assert stages["s3"]["loss_last"] < stages["s3"]["loss_first"]       # everything trains
+    assert stages["s3"]["loss_last"] < stages["s1"]["loss_first"] - 0.1
+
+
+def test_the_export_loads_with_transformers_and_captions_the_held_out_image(main_job):
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForCausalLM, AutoProcessor
+
+    run, summary, stdout = main_job
+    caption = summary["caption"]
+    assert caption["tokens"] and caption["caption"].strip()
+    assert caption["merged_class"] == "Qwen2ForCausalLM" and caption["merged_equal"]
+    model = AutoModelForCausalLM.from_pretrained(summary["export"], trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(summary["export"], trust_remote_code=True)
+    from megatron_ext.data.text import HFTokenizer
+    text = HFTokenizer(str(run.parent / "assets" / "qwen2.5-tokenizer")).format_prompt(caption["prompt"])
+    inputs = processor(images=Image.open(summary["held_out_image"]).convert("RGB"), text=text)
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=len(caption["tokens"]), do_sample=False)
+    assert ids[0, inputs["input_ids"].shape[1]:].tolist() == caption["tokens"]  # the job's caption, reproduced
+    assert caption["caption"] in stdout
+
+
+def test_report_has_loss_curves_and_the_summary(main_job):
+    from PIL import Image
+
+    run, summary, stdout = main_job
+    png = Image.open(run / "report" / "loss_curves.png")
+    assert png.format == "PNG" and png.size[0] > 3 * png.size[1] / 2   # three panels side by side
+    text = Path(summary["report"]).read_text()
+    for r in summary["stages"]:
+        assert f"| {r['stage']} | {r['steps']} | {r['loss_first']} | {r['loss_last']} |" in text
+    assert summary["data"]["report"] in text and str(summary["export"]) in stdout
