@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from bench.bench_layer import SHAPES  # noqa: E402  (the ROSE bench's LLM shapes)
-from bench.common import device, machine, table, time_fn  # noqa: E402
+from bench.common import device, interleaved, machine, table  # noqa: E402
 
 METHOD = {
     "7b": dict(vlora=dict(layers=[1], rank=64, generator_width=512, generator_depth=8, generator_heads=8),
@@ -52,18 +51,6 @@ def models(shape_name: str, dtype):
                 torch.nn.init.normal_(p, std=0.01)
         built[method] = model
     return shape, built
-
-
-def interleaved(step, names, reps: int) -> dict:
-    """Median seconds per variant, the variants timed in turn each round, so that load from other
-    processes on a shared machine hits all of them alike (ratios stay meaningful)."""
-    for name in names:
-        step(name)  # warm-up
-    samples = {name: [] for name in names}
-    for _ in range(reps):
-        for name in names:
-            samples[name].append(time_fn(lambda: step(name), warmup=0, reps=1))
-    return {name: statistics.median(t) for name, t in samples.items()}
 
 
 def bench(shape_name: str, tokens: int, batch: int, visual_tokens: int, dtype, reps: int):
