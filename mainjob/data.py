@@ -26,14 +26,14 @@ def _free(port: int) -> bool:
             return False
 
 
-def build(out: Path, size: Size, captioner: Path, echo: bool = True) -> dict:
-    """Runs (or resumes) the data pipeline into out/data; returns its summary with 'manifest'.
+def build(data: Path, size: Size, captioner: Path, echo: bool = True) -> dict:
+    """Runs (or resumes) the data pipeline into `data` (shared by the methods: one corpus, three
+    ways to train on it); returns its summary with 'manifest'.
 
     The URL list holds the server's port, so a resumed run serves on the same port (or, when that
     port is taken, starts the pipeline over: its stages resume per input list)."""
     from pipeline.demo_data import Server, build_corpus, write_url_list
 
-    data = out / "data"
     summary_file = data / "pipeline" / "summary.json"
     manifest = data / "pipeline" / "40_shards" / "manifest.json"
     if summary_file.is_file() and manifest.is_file():
@@ -58,7 +58,7 @@ def build(out: Path, size: Size, captioner: Path, echo: bool = True) -> dict:
         cmd = [proc.python(), "pipeline/run.py", "--config", PIPELINE_CONFIG]
         for s in sets:
             cmd += ["--set", s]
-        seconds = proc.run(cmd, out / "logs" / "data.log", "data", echo=echo)
+        seconds = proc.run(cmd, data / "pipeline.log", "data", echo=echo)
     summary = json.loads(summary_file.read_text())
     if not manifest.is_file():
         raise proc.StepFailed(f"the data pipeline finished without {manifest}")

@@ -46,6 +46,8 @@ def stage_rows(training: dict) -> list[dict]:
 def write(out: Path, summary: dict, training: dict) -> Path:
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
+    path = report / "report.md"
+    summary["report"] = str(path)
     png = loss_curves(training, report / "loss_curves.png")
     (report / "summary.json").write_text(json.dumps(summary, indent=2))
     d, c = summary["data"], summary["caption"]
@@ -70,6 +72,5 @@ def write(out: Path, summary: dict, training: dict) -> Path:
     lines += ["The captioner and the encoder are tiny random models and the LLM starts from random "
               "weights, so captions are not meaningful: the run shows every stage working on real "
               "components, and the loss falling.", ""]
-    path = report / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -4,8 +4,8 @@
     python -m mainjob.run --method vlora       # or vora
     python -m mainjob.run --size smallest      # the end-to-end test's setting
 
-Writes everything under --out/<method>/ (default runs/main/rose/): assets/ (shared), data/,
-train/<stage>/, hf/, logs/, report/. Re-running after an interruption continues: the data
+Writes under --out (default runs/main): assets/ and data/ (shared by the methods), and per method
+<method>/train/<stage>/, hf/, logs/, report/. Re-running after an interruption continues: the data
 pipeline resumes its stages and finished training stages are skipped."""
 
 from __future__ import annotations
@@ -24,11 +24,22 @@ from mainjob.settings import IMAGE_SIZE, METHODS, PROMPT, SIZES
 log = logging.getLogger("mainjob")
 
 
+def _claim(out_root: Path, size_name: str) -> None:
+    """An output root holds one size: resuming a run of another size would mix corpora and steps."""
+    marker = out_root / "size"
+    if marker.is_file() and marker.read_text().strip() != size_name:
+        raise StepFailed(f"{out_root} holds a --size {marker.read_text().strip()} run; pass another "
+                         f"--out for --size {size_name}, or delete {out_root}")
+    out_root.mkdir(parents=True, exist_ok=True)
+    marker.write_text(size_name)
+
+
 def main_job(method: str, size_name: str, out_root: Path, echo: bool = True) -> dict:
     t0 = time.time()
     spec, size = METHODS[method], SIZES[size_name]
     out = out_root / method
     shared = out_root / "assets"
+    _claim(out_root, size_name)
     timings = {}
 
     def timed(name, fn, *args, **kwargs):
@@ -41,7 +52,7 @@ def main_job(method: str, size_name: str, out_root: Path, echo: bool = True) -> 
     tokenizer = timed("assets: tokenizer", assets.tokenizer, shared)
     captioner = timed("assets: captioner", assets.captioner, shared)
     tower = timed(f"assets: {spec.tower} encoder", assets.vision_tower, shared, spec.tower, IMAGE_SIZE)
-    data_summary = timed("data pipeline", data.build, out, size, captioner, echo=echo)
+    data_summary = timed("data pipeline", data.build, out_root / "data", size, captioner, echo=echo)
     trained = timed("training", training.train, out, method, spec.stages, size,
                     data_summary["manifest"], tokenizer, tower, echo=echo)
     last_run = trained[spec.stages[-1]]["run_dir"]
@@ -57,7 +68,7 @@ def main_job(method: str, size_name: str, out_root: Path, echo: bool = True) -> 
                   dropped_by_reason=data_summary["dropped_by_reason"], manifest=data_summary["manifest"],
                   report=str(Path(data_summary["manifest"]).parent.parent / "report" / "index.html")),
         stages=report.stage_rows(trained), export=str(hf_dir), held_out_image=str(image_path), caption=caption)
-    summary["report"] = str(report.write(out, summary, trained))
+    report.write(out, summary, trained)  # adds summary["report"]
     return summary
 
 
@@ -79,13 +90,17 @@ def print_summary(s: dict) -> None:
     print("timings   " + ", ".join(f"{k} {v:.0f}s" for k, v in s["timings_s"].items()))
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", choices=sorted(METHODS), default="rose")
     p.add_argument("--size", choices=sorted(SIZES), default="default")
     p.add_argument("--out", default="runs/main", help="output root (default runs/main)")
-    p.add_argument("--quiet", action="store_true", help="child processes' output only to out/<method>/logs/")
-    args = p.parse_args(argv)
+    p.add_argument("--quiet", action="store_true", help="child processes' output only to the log files")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     try:
         summary = main_job(args.method, args.size, Path(args.out).resolve(), echo=not args.quiet)

@@ -3,6 +3,7 @@ it (python -m mainjob.run): the artefacts on disk, not just the exit status."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -13,16 +14,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def main_job(tmp_path_factory):
-    out = tmp_path_factory.mktemp("main")
+def _main_job(out: Path, method: str):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "mainjob.run", "--size", "smallest", "--out", str(out), "--quiet"],
+    proc = subprocess.run([sys.executable, "-m", "mainjob.run", "--method", method, "--size", "smallest",
+                           "--out", str(out), "--quiet"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    run = out / "rose"
+    run = out / method
     return run, json.loads((run / "report" / "summary.json").read_text()), proc.stdout
+
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory):
+    return _main_job(tmp_path_factory.mktemp("main"), "rose")
 
 
 def test_every_url_is_accounted_for_and_the_shards_hold_the_kept_samples(main_job):
@@ -35,7 +40,7 @@ def test_every_url_is_accounted_for_and_the_shards_hold_the_kept_samples(main_jo
     _, rows = build_corpus(SIZES["smallest"].good_images)
     d = summary["data"]
     assert d["input"] == len(rows) and d["kept"] + d["dropped"] == len(rows)
-    decisions = pd.read_parquet(run / "data" / "pipeline" / "decisions.parquet")
+    decisions = pd.read_parquet(run.parent / "data" / "pipeline" / "decisions.parquet")
     assert len(decisions) == len(rows) and decisions.uid.is_unique
     # every hostile case was dropped (and said why); the good images mostly survive
     assert d["dropped"] >= sum(1 for r in rows if r[2])
@@ -49,7 +54,7 @@ def test_every_url_is_accounted_for_and_the_shards_hold_the_kept_samples(main_jo
         assert jpgs == shard["samples"] == sum(n.endswith(".txt") for n in names)
         in_tars += jpgs
     assert in_tars == manifest["num_samples"] == d["kept"]
-    assert (run / "data" / "pipeline" / "report" / "index.html").is_file()
+    assert (run.parent / "data" / "pipeline" / "report" / "index.html").is_file()
 
 
 def test_each_stage_trained_at_tp2_and_the_loss_fell(main_job):
@@ -100,3 +105,39 @@ def test_report_has_loss_curves_and_the_summary(main_job):
     for r in summary["stages"]:
         assert f"| {r['stage']} | {r['steps']} | {r['loss_first']} | {r['loss_last']} |" in text
     assert summary["data"]["report"] in text and str(summary["export"]) in stdout
+
+
+def _normalise(cmd: str, out: Path) -> str:
+    """A command as the README spells it: repository-relative, the output root as runs/main, the
+    size-dependent numbers as N."""
+    cmd = cmd.replace(str(out), "runs/main").replace(str(ROOT) + "/", "")
+    cmd = re.sub(r"\S*/bin/(python|torchrun)\b", r".venv/bin/\1", cmd)
+    return re.sub(r"(train\.steps|samples_per_shard)=\d+", r"\1=N", cmd)
+
+
+def test_the_readme_shows_the_commands_the_main_job_ran(main_job):
+    run, _, _ = main_job
+    ran = [(run.parent / "data" / "pipeline.log").read_text().splitlines()[0]]
+    ran += [p.read_text().splitlines()[0] for p in sorted((run / "logs").glob("*.log"))]
+    ran = {_normalise(line.removeprefix("$ "), run.parent) for line in ran}
+    readme = (ROOT / "README.md").read_text()
+    shown = {_normalise(line, run.parent) for line in readme.splitlines()
+             if re.match(r"\.venv/bin/(python (pipeline/run\.py|-m megatron_ext\.export)|torchrun --standalone)", line)}
+    assert shown == ran
+
+
+@pytest.mark.parametrize("method", ["vlora", "vora"])
+def test_the_method_switch_trains_exports_and_captions_on_the_same_data(main_job, method):
+    rose_run, rose, _ = main_job
+    run, summary, stdout = _main_job(rose_run.parent, method)
+    assert summary["data"] == rose["data"] and "data pipeline already complete" in stdout
+    stages = summary["stages"]
+    assert [r["stage"] for r in stages] == ["s1", "s2"]
+    for r in stages:
+        lines = (run / "train" / r["stage"] / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) == r["steps"]
+    assert stages[-1]["loss_last"] < stages[0]["loss_first"]
+    caption = summary["caption"]
+    assert caption["method"] == method and caption["tokens"]
+    if method == "vlora":
+        assert caption["merged_equal"]
