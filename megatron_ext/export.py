@@ -85,6 +85,8 @@ def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_process
     if parallel_state.get_tensor_model_parallel_world_size() * \
             parallel_state.get_pipeline_model_parallel_world_size() != 1:
         raise ValueError("export from a TP=1, PP=1 model (distributed checkpoints reshard on load)")
+    if isinstance(getattr(model, "lm", None), VoRAModel):  # VoRA's training wrapper: the LLM alone
+        model = model.lm
     lm, tower = (model, None) if isinstance(model, VoRAModel) else (model.lm, model.vision)
     method, generator_prefix, injection = _injection(lm, tokenizer)
     if method == "vora":
@@ -151,7 +153,10 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir
     run_dir = next((p for p in (path.parent, path.parent.parent) if (p / "config.yaml").is_file()), None)
     if run_dir is None:
         raise FileNotFoundError(f"no config.yaml beside {path} (a run directory holds the resolved config)")
-    cfg = load_config(str(run_dir / "config.yaml"), ["parallel.tensor=1", "parallel.pipeline=1"])
+    layout = ["parallel.tensor=1", "parallel.pipeline=1"]
+    cfg = load_config(str(run_dir / "config.yaml"), layout)
+    if cfg.model.method == "vora":  # the distillation teacher is not part of the model
+        cfg = load_config(str(run_dir / "config.yaml"), layout + ["model.vision_weights="])
     tokenizer_dir = tokenizer_dir or (cfg.data.tokenizer if Path(cfg.data.tokenizer).is_dir() else None)
     if tokenizer_dir is None:
         raise ValueError(f"the run tokenised with '{cfg.data.tokenizer}'; pass --tokenizer with a "
@@ -172,12 +177,38 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir
         model = VisionLanguageModel(model, VisionTower.from_pretrained(vision_dir), model.equipped,
                                     train_vision=False)
     processor_dir = image_processor_dir or cfg.model.vision_weights or vision_dir
-    if processor_dir is None:
+    if cfg.model.method == "vora":
+        image_processor = vora_image_processor(cfg.data.image_size, image_processor_dir)
+    elif processor_dir is None:
         raise ValueError("pass --image-processor: a directory with the image processor's "
                          "preprocessor_config.json")
+    else:
+        image_processor = AutoImageProcessor.from_pretrained(processor_dir)
     log.info("exporting %s (%s, step directory %s)", run_dir, cfg.model.method, path.name)
     return export_model(model, preset["llm"], out_dir, AutoTokenizer.from_pretrained(tokenizer_dir),
-                        AutoImageProcessor.from_pretrained(processor_dir), max_shard_size=max_shard_size)
+                        image_processor, max_shard_size=max_shard_size)
+
+
+def vora_image_processor(image_size: int, given_dir: str | None = None):
+    """VoRA's pixels go straight into its patch embedding, so the exported processor must be the
+    training loader's: resize to data.image_size (bicubic), scale to [0, 1], mean = std = 0.5
+    (megatron_ext/data/shards.py). A given processor that differs is reported and not used."""
+    from transformers import AutoImageProcessor, SiglipImageProcessorPil
+
+    from megatron_ext.data.shards import MEAN, STD
+
+    ours = SiglipImageProcessorPil(size={"height": image_size, "width": image_size},
+                                   image_mean=list(MEAN), image_std=list(STD))
+    if given_dir is not None:
+        given = AutoImageProcessor.from_pretrained(given_dir)
+        same = (dict(getattr(given, "size", {}) or {}) == ours.size
+                and list(given.image_mean) == list(MEAN) and list(given.image_std) == list(STD)
+                and not getattr(given, "do_center_crop", False))
+        if not same:
+            log.warning("%s preprocesses differently from VoRA's training loader (size %s, mean %s, std %s); "
+                        "exporting the loader's preprocessing instead", given_dir,
+                        getattr(given, "size", None), given.image_mean, given.image_std)
+    return ours
 
 
 def main(argv=None) -> None:

@@ -1,4 +1,4 @@
-"""Training entry point: S1/S2/S3 of ROSE, VLoRA (and VoRA's trainable sets) on Megatron-Core.
+"""Training entry point: S1/S2/S3 of ROSE, VLoRA and VoRA on Megatron-Core.
 
     python -m megatron_ext.train --config configs/train/s1-rose-tiny.yaml train.steps=10
     torchrun --nproc-per-node 2 -m megatron_ext.train --config configs/train/s1-rose-tiny.yaml parallel.tensor=2
@@ -52,16 +52,21 @@ def _dtype(cfg: TrainConfig) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.train.dtype]
 
 
+def _overrides(cfg: TrainConfig) -> dict:
+    """TransformerConfig settings that come from the training config."""
+    return {"fp8": cfg.train.fp8} if cfg.train.fp8 else {}
+
+
 def build_model(cfg: TrainConfig, dtype: torch.dtype, train_vision: bool = False):
     """The method's model for this rank; with model.vision_weights, wrapped with the vision tower
     (on the first pipeline stage; its features reach the stages with equipped layers)."""
     from megatron_ext.methods import build_model as build, resolve_preset
 
     preset = resolve_preset(cfg.model.preset)
-    overrides = {}
-    if cfg.train.fp8:
-        overrides.update(fp8=cfg.train.fp8)
+    overrides = _overrides(cfg)
     torch.manual_seed(cfg.train.seed)
+    if cfg.model.method == "vora":
+        return preset, _build_vora(cfg, preset, dtype, overrides)
     lm = build(preset, method=cfg.model.method, backend=cfg.model.backend, dtype=dtype,
                config_overrides=overrides)
     if not cfg.model.vision_weights:
@@ -82,6 +87,62 @@ def build_model(cfg: TrainConfig, dtype: torch.dtype, train_vision: bool = False
         if ps.is_pipeline_first_stage() else None
     return preset, VisionLanguageModel(lm, tower, method_cfg.equipped_layers(lm.config.num_layers),
                                        train_vision)
+
+
+def _vora_merged(cfg: TrainConfig) -> bool:
+    """A VoRA stage that trains neither LoRA nor aux heads (S2) runs the merged model."""
+    from megatron_ext.training.stages import default_trainable
+
+    trainable = cfg.train.trainable or default_trainable("vora", cfg.train.stage)
+    return not {"lora", "aux"} & set(trainable)
+
+
+def _build_vora(cfg: TrainConfig, preset: dict, dtype: torch.dtype, overrides: dict, merged=None,
+                with_teacher: bool = True):
+    """VoRA for this rank: pre-training (LoRA + aux heads) or the merged model (S2). On images, the
+    VoRAVisionModel wrapper; while distilling, the teacher (model.vision_weights) on stage 0."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_ext.methods import build_model as build
+    from megatron_ext.vora import VoRAConfigError, VoRATeacher, VoRAVisionModel, teacher_check
+
+    merged = _vora_merged(cfg) if merged is None else merged
+    lm = build(preset, method="vora", backend=cfg.model.backend, dtype=dtype, config_overrides=overrides,
+               merged=merged)
+    if cfg.data.kind == "synthetic":
+        return lm  # (run() refuses to train it: VoRA needs pixels)
+    distill = with_teacher and not merged and bool(lm.vora.distilled()) and bool(cfg.model.vision_weights)
+    teacher = None
+    if distill:
+        try:
+            teacher_check(cfg.model.vision_weights, lm.vora, cfg.data.image_size)  # every rank
+            if ps.is_pipeline_first_stage():
+                teacher = VoRATeacher.from_pretrained(cfg.model.vision_weights, lm.vora,
+                                                      cfg.data.image_size, dtype)
+        except VoRAConfigError as e:
+            raise ConfigError(f"model.vision_weights={cfg.model.vision_weights} (VoRA's teacher): {e}") from None
+    return VoRAVisionModel(lm, teacher, distill)
+
+
+def _check_vora(cfg: TrainConfig, trainable: list) -> None:
+    from megatron_ext.data.loader import image_tokens
+    from megatron_ext.methods import resolve_preset
+    from megatron_ext.presets import vora_config
+
+    if cfg.data.kind == "synthetic":
+        raise ConfigError("VoRA embeds the image's pixels in the sequence; precomputed features "
+                          "(data.kind=synthetic) cannot train it: use data.kind=webdataset|dali")
+    if "teacher" in trainable:
+        raise ConfigError("train.trainable: VoRA's teacher is frozen by design (the distillation target)")
+    preset = resolve_preset(cfg.model.preset)
+    try:
+        image_tokens(cfg, preset)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not _vora_merged(cfg) and vora_config(preset).distilled() and not cfg.model.vision_weights:
+        raise ConfigError("VoRA pre-training distils its blocks from a ViT teacher: set "
+                          "model.vision_weights to a local AIMv2 (or SigLIP/CLIP) directory, or "
+                          "drop distillation with the preset's vora.distill_layers: []")
 
 
 def _log_trainable(summary: dict, trainable: list) -> None:
@@ -125,8 +186,11 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     nmb = num_microbatches(cfg, dp)
 
     trainable = cfg.train.trainable or stages.default_trainable(cfg.model.method, cfg.train.stage)
+    vora = cfg.model.method == "vora"
+    if vora:
+        _check_vora(cfg, trainable)
     preset, model = build_model(cfg, dtype, train_vision="vision" in trainable)
-    if cfg.data.kind != "synthetic" and not hasattr(model, "encode"):
+    if not vora and cfg.data.kind != "synthetic" and not hasattr(model, "encode"):
         raise ConfigError(
             f"data.kind={cfg.data.kind} delivers images (pixel_values), but the {cfg.model.method} "
             f"model built here has no vision tower to encode them; set model.vision_weights (a local "
@@ -139,7 +203,17 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
         src = checkpoint.latest(Path(cfg.train.init_from))
         if src is None:
             raise ConfigError(f"train.init_from={cfg.train.init_from}: no checkpoint there")
-        info = checkpoint.load_weights(src, model)
+        merge = False
+        if vora:
+            from megatron_ext.vora import checkpoint_has_lora, load_merged
+            merge = getattr(model, "lm", model).merged and checkpoint_has_lora(src)
+        if merge:  # S2 from S1: the LoRA folded into the base weights, the aux heads dropped
+            info = load_merged(src, model, lambda: _build_vora(cfg, preset, dtype, _overrides(cfg),
+                                                               merged=False, with_teacher=False))
+            if rank0:
+                log.info("init_from %s: pre-training LoRA merged into the base weights", src)
+        else:
+            info = checkpoint.load_weights(src, model)
         if rank0:
             log.info("init_from %s: %d tensors loaded; kept at initialisation: %s", src,
                      info["loaded"], info["kept_at_init"] or "none")
@@ -171,12 +245,16 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     before = {n: p.detach().clone() for n, p in model.named_parameters()} if keep_model else None
     from megatron_ext.training.mfu import mfu, peak_flops_total, train_flops_per_sample
     visual_tokens = cfg.data.visual_tokens if cfg.data.kind == "synthetic" else 0
+    seq = cfg.data.seq_length
+    if vora:  # the image's patches are tokens of the sequence
+        from megatron_ext.data.loader import image_tokens
+        visual_tokens = image_tokens(cfg, preset)
+        seq += visual_tokens
     sample_flops = train_flops_per_sample(preset, cfg.model.method, cfg.data.seq_length, visual_tokens)
     peak = peak_flops_total(dist.get_world_size())
     metrics = Metrics(run_dir, cfg, cfg.train.steps, start, enabled=rank0)
     preempt = _Preemption()
-    seq = cfg.data.seq_length
-    losses, last_saved = [], start
+    losses, distill_losses, last_saved = [], [], start
     step = start
     try:
         while step < cfg.train.steps:
@@ -186,6 +264,10 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
             out = train_step(ddp, optimizer, scheduler, batches, step, nan=cfg.debug.nan_at_step == step)
             dt = time.perf_counter() - t0
             losses.append(out["loss"])
+            extra = {}
+            if "distill_loss" in out:  # VoRA pre-training: total loss = loss + distill_loss
+                distill_losses.append(out["distill_loss"])
+                extra["distill_loss"] = out["distill_loss"]
             corrupt = torch.tensor([float(loader.corrupt)])
             dist.all_reduce(corrupt)  # summed over every process; each DP rank reads its own
             metrics.step(dict(
@@ -194,7 +276,7 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
                 tokens_per_s=cfg.train.global_batch_size * seq / dt, step_time_s=dt,
                 corrupt_samples=int(corrupt.item()) // (cfg.parallel.tensor * cfg.parallel.pipeline),
                 peak_mem_gib=peak_memory_gib(), consumed_samples=step * cfg.train.global_batch_size,
-                mfu=mfu(sample_flops, cfg.train.global_batch_size / dt, peak)))
+                mfu=mfu(sample_flops, cfg.train.global_batch_size / dt, peak), **extra))
             stop = preempt.agreed()
             if step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop:
                 path = checkpoint.save(ckpt_root, step, model, optimizer, scheduler, loader,
@@ -224,6 +306,8 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
         log.info("done: step %d, loss %s -> %s", step, f"{losses[0]:.4f}" if losses else "-",
                  f"{losses[-1]:.4f}" if losses else "-")
     result = dict(losses=losses, step=step, start=start, run_dir=str(run_dir))
+    if distill_losses:
+        result["distill_losses"] = distill_losses
     if keep_model:
         result["model"] = model
         result["params"] = {n: (p.requires_grad, not torch.equal(before[n], p.detach()))

@@ -76,13 +76,19 @@ class VisionTower(nn.Module):
         return cls(getattr(transformers, _TOWERS[vision_config.model_type])(vision_config), feature_layer)
 
     def forward(self, pixel_values: torch.Tensor, **processor_outputs) -> torch.Tensor:
+        return self.features(pixel_values, [self.feature_layer], **processor_outputs)[0]
+
+    def features(self, pixel_values: torch.Tensor, layers, **processor_outputs) -> list:
+        """The hidden states of several layers from one forward (VoRA distils every block)."""
         out = self.model(pixel_values=pixel_values, output_hidden_states=True, **processor_outputs)
-        feats = out.hidden_states[self.feature_layer]
-        return feats[:, 1:] if self.drop_cls else feats
+        return [out.hidden_states[l][:, 1:] if self.drop_cls else out.hidden_states[l] for l in layers]
 
 
 def _unused(name: str, used_blocks: int) -> bool:
     m = re.search(r"(?:^|\.)layers\.(\d+)\.", name)
     if m:
         return int(m.group(1)) >= used_blocks
-    return "post_layernorm" in name or name.startswith("head.") or ".head." in name
+    # the final norm: post_layernorm (SigLIP, CLIP) or AIMv2's top-level rms_norm; hidden_states
+    # are taken before it
+    return ("post_layernorm" in name or name.startswith("rms_norm.") or name.startswith("head.")
+            or ".head." in name)

@@ -54,13 +54,14 @@ def _pipeline(tars, idxs, batch: int, image_size: int, shard_id: int, num_shards
 class DaliLoader:
     def __init__(self, manifest: str, tokenizer, prompt: str, seq_length: int, image_size: int,
                  micro_batch_size: int, dp_rank: int, dp_size: int, seed: int,
-                 device_id: Optional[int] = None):
+                 device_id: Optional[int] = None, image_tokens: int = 0):
         m = json.loads(Path(manifest).read_text())
         root = Path(manifest).parent
         self.tars = [str(root / e["tar"]) for e in m["shards"]]
         idxs = [root / e["idx"] for e in m["shards"] if e.get("idx")]
         self.idxs = [str(p) for p in idxs] if len(idxs) == len(self.tars) and all(p.is_file() for p in idxs) else None
         self.tok, self.prompt, self.seq, self.size = tokenizer, prompt, seq_length, image_size
+        self.image_tokens = image_tokens  # VoRA: image placeholders before the text
         self.mbs, self.rank, self.dp, self.seed, self.device_id = micro_batch_size, dp_rank, dp_size, seed, device_id
         self.corrupt = 0  # DALI stops on an undecodable image (see the module docstring)
         self._checkpoint: Optional[str] = None
@@ -80,10 +81,11 @@ class DaliLoader:
             images = images.as_cpu()
         pixels = torch.stack([torch.from_numpy(images.at(i).copy()) for i in range(len(images))])
         texts = [bytes(txt.at(i).tobytes()).rstrip(b"\0").decode("utf-8", "replace") for i in range(len(txt))]
-        samples = [encode_pair(self.tok, self.prompt, t.strip(), self.seq) for t in texts]
+        samples = [encode_pair(self.tok, self.prompt, t.strip(), self.seq, self.image_tokens) for t in texts]
         batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
         batch["pixel_values"] = pixels.to(torch.cuda.current_device()) if self.device_id is not None else pixels
-        batch["position_ids"] = torch.arange(self.seq).expand(len(samples), self.seq)
+        seq = batch["input_ids"].shape[1]
+        batch["position_ids"] = torch.arange(seq).expand(len(samples), seq)
         return batch
 
     def state_dict(self) -> dict:

@@ -45,6 +45,20 @@ class MicroBatchLoader:
         self.corrupt = int(state["corrupt"])
 
 
+def image_tokens(cfg, preset: dict) -> int:
+    """Tokens each image takes in the sequence: VoRA's patches of data.image_size; 0 for methods
+    whose image enters the weights."""
+    if cfg.model.method != "vora":
+        return 0
+    from megatron_ext.presets import vora_config
+
+    p = vora_config(preset).patch_size
+    if cfg.data.image_size % p:
+        raise ValueError(f"data.image_size={cfg.data.image_size} is not a multiple of VoRA's "
+                         f"{p}-pixel patch (the preset's vora.patch_size)")
+    return (cfg.data.image_size // p) ** 2
+
+
 def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int) -> MicroBatchLoader:
     d = cfg.data
     if d.kind == "synthetic":
@@ -58,7 +72,7 @@ def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int) -> MicroBatchLoa
         from megatron_ext.data.text import build_tokenizer
 
         dataset = ShardDataset(d.manifest, build_tokenizer(d.tokenizer), d.prompt, d.seq_length,
-                               d.image_size)
+                               d.image_size, image_tokens(cfg, preset))
     elif d.kind == "dali":
         import torch
 
@@ -67,7 +81,8 @@ def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int) -> MicroBatchLoa
 
         device = torch.cuda.current_device() if torch.cuda.is_available() else None
         return DaliLoader(d.manifest, build_tokenizer(d.tokenizer), d.prompt, d.seq_length,
-                          d.image_size, cfg.train.micro_batch_size, dp_rank, dp_size, d.seed, device)
+                          d.image_size, cfg.train.micro_batch_size, dp_rank, dp_size, d.seed, device,
+                          image_tokens(cfg, preset))
     else:
         raise ValueError(f"data.kind={d.kind}: use synthetic, webdataset or dali")
     return MicroBatchLoader(dataset, RankSampler(len(dataset), dp_rank, dp_size, d.seed),

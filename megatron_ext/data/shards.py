@@ -52,7 +52,8 @@ def decode_image(data: bytes, size: int, mean=MEAN, std=STD) -> torch.Tensor:
 
 
 class ShardDataset:
-    def __init__(self, manifest: str, tokenizer, prompt: str, seq_length: int, image_size: int):
+    def __init__(self, manifest: str, tokenizer, prompt: str, seq_length: int, image_size: int,
+                 image_tokens: int = 0):
         self.manifest_path = Path(manifest)
         m = json.loads(self.manifest_path.read_text())
         if m.get("format") != "webdataset" or "shards" not in m:
@@ -66,6 +67,7 @@ class ShardDataset:
                 log.warning("%s: %d samples, the manifest says %d", tar, len(members), entry["samples"])
             self.items += [(tar, fields) for _, fields in members]
         self.tok, self.prompt, self.seq, self.size = tokenizer, prompt, seq_length, image_size
+        self.image_tokens = image_tokens  # VoRA: image placeholders before the text
         log.info("shards: %d samples in %d tars from %s", len(self.items), len(m["shards"]), manifest)
 
     def __len__(self) -> int:
@@ -90,6 +92,6 @@ class ShardDataset:
             return None
         if not caption:
             return None
-        sample = encode_pair(self.tok, self.prompt, caption, self.seq)
+        sample = encode_pair(self.tok, self.prompt, caption, self.seq, self.image_tokens)
         sample["pixel_values"] = pixels
         return sample

@@ -12,6 +12,7 @@ class ByteTokenizer:
     vocab_size = 256
     pad_id = 0
     eos_id = 3
+    image_id = 0  # VoRA's image placeholders (their embeddings are replaced by the image's)
 
     def encode(self, text: str) -> list[int]:
         return [b for b in text.encode("utf-8") if b not in (self.pad_id, self.eos_id)]
@@ -29,7 +30,10 @@ class HFTokenizer:
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         im_end = self.tok.convert_tokens_to_ids("<|im_end|>")
         self.eos_id = im_end if isinstance(im_end, int) and im_end >= 0 else self.tok.eos_token_id
-        self.chat = "<|im_start|>" in self.tok.get_vocab()
+        vocab = self.tok.get_vocab()
+        self.chat = "<|im_start|>" in vocab
+        # VoRA's image placeholder: the token the exported processor inserts (export.IMAGE_TOKEN)
+        self.image_id = vocab.get("<|image_pad|>", self.pad_id)
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
@@ -44,8 +48,10 @@ def build_tokenizer(spec: str):
     return ByteTokenizer() if spec == "bytes" else HFTokenizer(spec)
 
 
-def encode_pair(tok, prompt: str, caption: str, seq_length: int) -> dict:
-    """input_ids, labels, loss_mask of length seq_length (truncated or padded)."""
+def encode_pair(tok, prompt: str, caption: str, seq_length: int, image_tokens: int = 0) -> dict:
+    """input_ids, labels, loss_mask of length seq_length (truncated or padded). With image_tokens
+    (VoRA: the image enters the sequence), that many image placeholders precede the text, the
+    sequence is image_tokens + seq_length long, and `image_mask` marks them; they carry no loss."""
     prompt_text = tok.format_prompt(prompt) if hasattr(tok, "format_prompt") else prompt
     p = tok.encode(prompt_text) if prompt_text else []
     c = tok.encode(caption) + [tok.eos_id]
@@ -55,6 +61,10 @@ def encode_pair(tok, prompt: str, caption: str, seq_length: int) -> dict:
     pad = seq_length + 1 - len(ids)
     ids = ids + [tok.pad_id] * pad
     target = target + [0] * pad
+    ids = [tok.image_id] * image_tokens + ids  # the last placeholder predicts the first text token
+    target = [0] * image_tokens + target
     ids = torch.tensor(ids, dtype=torch.long)
-    return dict(input_ids=ids[:-1], labels=ids[1:],
-                loss_mask=torch.tensor(target[1:], dtype=torch.float32))
+    out = dict(input_ids=ids[:-1], labels=ids[1:], loss_mask=torch.tensor(target[1:], dtype=torch.float32))
+    if image_tokens:
+        out["image_mask"] = torch.arange(len(ids) - 1) < image_tokens
+    return out

@@ -17,7 +17,10 @@ class NonFiniteLoss(RuntimeError):
 def forward_step_func(nan: bool = False):
     def forward_step(data_iterator, model):
         b = next(data_iterator)  # every stage reads the micro-batch: its visual features (rule 7)
-        if "pixel_values" in b:  # a model with its vision tower encodes on the first stage
+        if "image_mask" in b:  # VoRA: the image's patches are tokens of the sequence
+            out = model(b["input_ids"], b["position_ids"], None, pixel_values=b["pixel_values"],
+                        image_mask=b["image_mask"], labels=b["labels"])
+        elif "pixel_values" in b:  # a model with its vision tower encodes on the first stage
             out = model(b["input_ids"], b["position_ids"], None, pixel_values=b["pixel_values"],
                         labels=b["labels"])
         else:
@@ -48,8 +51,31 @@ def reduce_loss(results: list) -> float:
     return (t[0] / t[1]).item()
 
 
+def aux_loss_scale(config, num_microbatches: int) -> float:
+    """What the schedule multiplies a micro-batch's LM loss by before its backward: the optimizer's
+    loss scale (grad_scale_func) / num_microbatches (loss_func returns a per-micro-batch mean).
+    Losses whose gradient is injected where they are computed (VoRA's distillation, like
+    Megatron's MoE aux losses) take the same factor, so the gradient is that of the total loss."""
+    if config.grad_scale_func is None:
+        return 1.0 / num_microbatches
+    device = torch.cuda.current_device() if torch.cuda.is_available() else torch.device("cpu")
+    return float(config.grad_scale_func(torch.ones(1, device=device))) / num_microbatches
+
+
+def reduce_distill(model) -> float:
+    """The step's distillation loss (mean over micro-batches and DP replicas), on every rank:
+    each pipeline stage holds the loss of its own blocks, so stages sum; TP ranks repeat it."""
+    from megatron.core import parallel_state as ps
+
+    t = torch.tensor([model.stage_distill_loss()], dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.item() / (ps.get_tensor_model_parallel_world_size() * ps.get_data_parallel_world_size())
+
+
 def train_step(ddp_model, optimizer, scheduler, batches: list, step: int, nan: bool = False) -> dict:
     from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_ext import feature_exchange
 
     # the schedule counts finished steps; stepping it first makes step k run at lr(k): warmup
     # starts above zero and the last step runs at min_lr
@@ -57,15 +83,25 @@ def train_step(ddp_model, optimizer, scheduler, batches: list, step: int, nan: b
     ddp_model.zero_grad_buffer()
     optimizer.zero_grad()
     seq = batches[0]["input_ids"].shape[1]
+    model = getattr(ddp_model, "module", ddp_model)
+    distills = getattr(model, "distill", False)  # VoRA pre-training with its teacher
+    if distills:
+        model.begin_step(aux_loss_scale(model.config, len(batches)))
     results = get_forward_backward_func()(
         forward_step_func=forward_step_func(nan), data_iterator=iter(batches), model=[ddp_model],
         num_microbatches=len(batches), seq_length=seq,
         micro_batch_size=batches[0]["input_ids"].shape[0], forward_only=False)
+    feature_exchange.finish()  # every feature send of this step was received by now
     loss = reduce_loss(results)
-    if not math.isfinite(loss):
-        raise NonFiniteLoss(f"step {step}: loss is {loss}; stopping before the optimizer step")
+    distill = reduce_distill(model) if distills else None
+    if not math.isfinite(loss) or (distill is not None and not math.isfinite(distill)):
+        what = f"loss is {loss}" if not math.isfinite(loss) else f"distillation loss is {distill}"
+        raise NonFiniteLoss(f"step {step}: {what}; stopping before the optimizer step")
     ok, grad_norm, _ = optimizer.step()
     if grad_norm is not None and not math.isfinite(grad_norm):
         raise NonFiniteLoss(f"step {step}: gradient norm is {grad_norm}")
-    return dict(loss=loss, lr=optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm) if grad_norm is not None else None,
-                update_successful=bool(ok))
+    out = dict(loss=loss, lr=optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm) if grad_norm is not None else None,
+               update_successful=bool(ok))
+    if distill is not None:
+        out["distill_loss"] = distill
+    return out
