@@ -1,6 +1,7 @@
-"""`python -m megatron_ext.export --checkpoint ...` on a checkpoint written by a TP=2 training run:
-the export (loaded at TP=1 through dist_checkpointing's resharding) holds exactly the TP=2 model's
-weights, and transformers loads it."""
+"""`python -m megatron_ext.export --checkpoint ...` on checkpoints written by TP=2 and PP=2 training
+runs: the export (loaded at TP=1, PP=1 through dist_checkpointing's resharding) holds exactly the
+trained model's weights (the TP shards gathered, the pipeline stages joined: the TP=1 model), and
+transformers loads it."""
 
 import subprocess
 import sys
@@ -14,39 +15,55 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 IMAGE = 32
 
 
-def _train_tp2(rank, run_dir):
+def _train(rank, run_dir, layout):
+    """Train S1 at `layout`; return this rank's parameters as the TP=1, PP=1 model names them:
+    TP shards gathered, decoder layers renumbered globally (the caller joins the stages)."""
     from megatron.core import parallel_state
-    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region  # noqa: F401
 
+    from megatron_ext.specs import stage_layers
     from megatron_ext.train import run
     from megatron_ext.training.config import load_config
 
     cfg = load_config(str(ROOT / "configs/train/s1-rose-tiny.yaml"),
-                      [f"log.run_dir={run_dir}", "log.wandb=false", "parallel.tensor=2", "train.steps=3",
+                      [f"log.run_dir={run_dir}", "log.wandb=false", layout, "train.steps=3",
                        "checkpoint.every=3", "optim.warmup_steps=1"])
     model = run(cfg, keep_model=True)["model"]
+    offset = stage_layers(model.config)[0] - 1
     full = {}
     group = parallel_state.get_tensor_model_parallel_group()
-    for name, p in model.named_parameters():  # the full tensors, gathered from both TP shards
-        if getattr(p, "tensor_model_parallel", False):
-            parts = [torch.empty_like(p.data) for _ in range(2)]
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    for name, p in model.named_parameters():  # the full tensors, gathered from the TP shards
+        if tp > 1 and getattr(p, "tensor_model_parallel", False):
+            parts = [torch.empty_like(p.data) for _ in range(tp)]
             torch.distributed.all_gather(parts, p.data.contiguous(), group=group)
             stride = getattr(p, "partition_stride", 1)
             pieces = [t.chunk(stride, dim=p.partition_dim) for t in parts]
-            p_full = torch.cat([pieces[r][s] for s in range(stride) for r in range(2)], dim=p.partition_dim)
+            p_full = torch.cat([pieces[r][s] for s in range(stride) for r in range(tp)], dim=p.partition_dim)
         else:
             p_full = p.data.clone()
+        if ".decoder.layers." in name:  # this stage's local layer index -> the global one
+            head, rest = name.split(".decoder.layers.")
+            index, tail = rest.split(".", 1)
+            name = f"{head}.decoder.layers.{int(index) + offset}.{tail}"
         full[name] = p_full
     return full
 
 
-@pytest.fixture(scope="module")
-def tp2_run(tmp_path_factory):
+def _trained(root, layout):
+    """The full trained weights: TP ranks hold the same full tensors; pipeline stages are joined."""
+    ranks = run_distributed(_train, world_size=2, run_dir=str(root / "run"), layout=layout)
+    full = {}
+    for r in ranks:
+        for name, t in r.items():
+            assert name not in full or torch.equal(full[name], t), name
+            full[name] = t
+    return full
+
+
+def _assets(root):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
 
-    root = tmp_path_factory.mktemp("tp2")
-    full = run_distributed(_train_tp2, world_size=2, run_dir=str(root / "run"))[0]
     # the frozen encoder the synthetic S1 features stand for, and a tokenizer within the tiny vocab
     SiglipVisionModel(SiglipVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
                                          num_attention_heads=4, image_size=IMAGE, patch_size=8)
@@ -55,17 +72,24 @@ def tp2_run(tmp_path_factory):
     tok = Tokenizer(models.WordLevel({**{f"w{i}": i for i in range(200)}, "[UNK]": 200}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[UNK]").save_pretrained(root / "tok")
+
+
+@pytest.fixture(scope="module", params=["parallel.tensor=2", "parallel.pipeline=2"], ids=["tp2", "pp2"])
+def trained_run(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param.split(".")[1].split("=")[0])
+    full = _trained(root, request.param)
+    _assets(root)
     return root, full
 
 
-def test_export_cli_from_a_tp2_checkpoint_holds_the_tp2_weights(tp2_run):
+def test_export_cli_from_a_tp2_or_pp2_checkpoint_holds_the_trained_weights(trained_run):
     from safetensors.torch import load_file
 
     from megatron_ext.hf.qwen2 import megatron_to_hf
     from megatron_ext.llm_config import qwen2_transformer_config
     from megatron_ext.presets import load_preset
 
-    root, full = tp2_run
+    root, full = trained_run
     out = root / "hf"
     subprocess.run([sys.executable, "-m", "megatron_ext.export", "--checkpoint", str(root / "run"),
                     "--out", str(out), "--tokenizer", str(root / "tok"), "--vision", str(root / "siglip")],

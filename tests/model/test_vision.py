@@ -174,3 +174,53 @@ def test_clip_tower_drops_the_class_token_and_unknown_types_fail(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "resnet"}))
     with pytest.raises(ValueError, match="vision model type 'resnet' is not supported"):
         VisionTower.from_pretrained(tmp_path)
+
+
+def test_aimv2_from_local_dir_equals_transformers_and_feeds_vora_teacher(tmp_path):
+    """AIMv2 (VoRA's teacher) through vision_tower.py: the chosen layer's hidden states equal
+    transformers' own (taken before the final RMSNorm, which stays frozen with the pooling head);
+    VoRATeacher gives block i's states per distilled block, re-normalising the loader's pixels
+    (mean = std = 0.5) to the teacher processor's statistics."""
+    from transformers import Aimv2VisionConfig, Aimv2VisionModel, CLIPImageProcessor
+
+    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.vora import VoRAConfig, VoRAConfigError, VoRATeacher
+
+    torch.manual_seed(0)
+    config = Aimv2VisionConfig(hidden_size=40, intermediate_size=80, num_hidden_layers=3,
+                               num_attention_heads=4, image_size=16, patch_size=4)
+    Aimv2VisionModel(config).save_pretrained(tmp_path / "aimv2")
+    ref = Aimv2VisionModel.from_pretrained(tmp_path / "aimv2").eval()
+    tower = VisionTower.from_pretrained(tmp_path / "aimv2", feature_layer=2)
+    px = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = ref(pixel_values=px, output_hidden_states=True).hidden_states
+        assert torch.equal(tower(px), expected[2])
+        assert all(torch.equal(a, expected[l]) for a, l in zip(tower.features(px, [1, 3]), [1, 3]))
+    assert tower(px).shape == (2, 16, 40)
+    assert {"rms_norm.weight", "head.cls_token"} <= tower.unused  # after layer 2: unused, frozen
+    assert any(".layers.2." in n for n in tower.unused) and not any(".layers.1." in n for n in tower.unused)
+    assert tower.model.get_submodule("embeddings.rms_norm").weight.requires_grad
+
+    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    CLIPImageProcessor(image_mean=mean, image_std=std).save_pretrained(tmp_path / "aimv2")
+    vora = VoRAConfig(teacher_dim=40, vit_layers=3, patch_size=4, image_size=16)
+    teacher = VoRATeacher.from_pretrained(tmp_path / "aimv2", vora, image_size=16)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    raw = torch.rand(2, 3, 16, 16)  # pixels in [0, 1]: the loader gives (raw - 0.5) / 0.5
+    with torch.no_grad():
+        feats = teacher((raw - 0.5) / 0.5)
+        own = ref(pixel_values=(raw - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1),
+                  output_hidden_states=True).hidden_states
+    assert sorted(feats) == [1, 2, 3]
+    for l in (1, 2, 3):  # image-major: image 0's 16 tokens, then image 1's
+        torch.testing.assert_close(feats[l], own[l].flatten(0, 1), atol=1e-5, rtol=1e-5)
+    with pytest.raises(VoRAConfigError, match="set the preset's vision.hidden_size to 40"):
+        VoRATeacher.from_pretrained(tmp_path / "aimv2", VoRAConfig(teacher_dim=48, vit_layers=3,
+                                                                   patch_size=4, image_size=16), 16)
+    with pytest.raises(VoRAConfigError, match="the teacher has 3 blocks but block 4 is distilled"):
+        VoRATeacher.from_pretrained(tmp_path / "aimv2", VoRAConfig(teacher_dim=40, vit_layers=4,
+                                                                   patch_size=4, image_size=16), 16)
+    with pytest.raises(VoRAConfigError, match="pairs them token by token"):
+        VoRATeacher.from_pretrained(tmp_path / "aimv2", VoRAConfig(teacher_dim=40, vit_layers=3,
+                                                                   patch_size=8, image_size=16), 16)
