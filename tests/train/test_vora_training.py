@@ -241,3 +241,21 @@ def test_vora_config_errors_are_clear(tmp_path):
     assert "distils its blocks from a ViT teacher" in check()
     assert "not a multiple of VoRA's 4-pixel patch" in check("data.image_size=18", "model.vision_weights=x")
     assert "data.kind=webdataset|dali" in check("data.kind=synthetic")
+
+
+def test_dali_batches_carry_vora_image_tokens(tmp_path):
+    """data.kind=dali gives VoRA the same batch layout as the PIL loader (decoded on the CPU here)."""
+    pytest.importorskip("nvidia.dali")
+    from megatron_ext.data.loader import build_loader
+    from megatron_ext.methods import resolve_preset
+    from megatron_ext.training.config import load_config
+    from test_data import make_shards
+
+    make_shards(tmp_path, n_shards=1, per_shard=4, corrupt=())
+    cfg = load_config(str(TINY["s1"]), ["data.kind=dali", f"data.manifest={tmp_path}/manifest.json"])
+    b = build_loader(cfg, resolve_preset(cfg.model.preset), 0, 1).next_microbatch()
+    n = (16 // 4) ** 2
+    assert b["pixel_values"].shape == (2, 3, 16, 16) and b["input_ids"].shape == (2, n + 16)
+    assert b["image_mask"][:, :n].all() and not b["image_mask"][:, n:].any()
+    assert b["loss_mask"][:, :n - 1].sum() == 0 and b["loss_mask"][:, n - 1].all()  # no prompt
+    assert torch.equal(b["position_ids"][0], torch.arange(n + 16))
