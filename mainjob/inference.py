@@ -50,11 +50,16 @@ def caption(hf_dir: Path, tokenizer: Path, image, prompt: str, max_new_tokens: i
     result = dict(method=model.config.method, prompt=prompt, tokens=ids.tolist(),
                   caption=processor.decode(ids, skip_special_tokens=True), generate_s=round(time.time() - t0, 2))
     if model.config.method != "vora":
+        # the papers' inference mode: the image merged into the weights of a plain Qwen2. Its logits
+        # along the caption must equal the full model's (greedy tokens could differ only at a tie)
+        full = torch.cat([inputs["input_ids"], ids[None]], dim=1)
         with torch.no_grad():
             merged = model.merge_vision(inputs["pixel_values"])
             merged_ids = merged.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                          **greedy)[0, n_prompt:]
+            diff = (merged(input_ids=full).logits - model(input_ids=full, pixel_values=inputs["pixel_values"]).logits)
         result.update(merged_class=type(merged).__name__, merged_tokens=merged_ids.tolist(),
-                      merged_equal=merged_ids.tolist() == ids.tolist())
+                      merged_equal=merged_ids.tolist() == ids.tolist(),
+                      merged_max_logit_diff=float(diff.abs().max()))
     log.info("held-out caption (%s): %r", result["method"], result["caption"])
     return result

@@ -68,7 +68,8 @@ def write(out: Path, summary: dict, training: dict) -> Path:
               f"    {c['caption']}", ""]
     if "merged_equal" in c:
         lines += [f"`merge_vision` ({c['merged_class']}, the image merged into the weights) gives "
-                  f"{'the same' if c['merged_equal'] else 'DIFFERENT'} greedy tokens.", ""]
+                  f"{'the same' if c['merged_equal'] else 'DIFFERENT'} greedy tokens; its logits along "
+                  f"the caption differ from the full model's by at most {c['merged_max_logit_diff']:.1e}.", ""]
     lines += ["The captioner and the encoder are tiny random models and the LLM starts from random "
               "weights, so captions are not meaningful: the run shows every stage working on real "
               "components, and the loss falling.", ""]

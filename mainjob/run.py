@@ -85,7 +85,8 @@ def print_summary(s: dict) -> None:
     print(f"export    {s['export']}")
     print(f"caption   {s['held_out_image']}: {c['caption']!r}")
     if "merged_equal" in c:
-        print(f"          merge_vision -> {c['merged_class']}: same greedy tokens = {c['merged_equal']}")
+        print(f"          merge_vision -> {c['merged_class']}: same greedy tokens = {c['merged_equal']}, "
+              f"max |logit diff| along the caption {c['merged_max_logit_diff']:.1e}")
     print(f"report    {s['report']} (loss curves, summary.json)")
     print("timings   " + ", ".join(f"{k} {v:.0f}s" for k, v in s["timings_s"].items()))
 

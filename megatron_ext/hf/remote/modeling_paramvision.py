@@ -227,6 +227,7 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
         merged = Qwen2ForCausalLM(self.config.text_config).to(self.device, self.dtype)
         state = {k: v for k, v in self.language_model.state_dict().items() if not k.endswith("lora_B")}
         merged.load_state_dict(state)
+        merged.generation_config = copy.deepcopy(self.generation_config)  # its eos/pad ids, its defaults
         ours = self.language_model.model.layers
         for layer in self.layers:
             for p in _HF_NAMES:
