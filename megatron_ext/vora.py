@@ -353,7 +353,8 @@ class VoRATeacher(nn.Module):
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> dict:
         """{block: (images * tokens, width)} in image-major order (the student's token order)."""
-        x = (pixel_values * self.scale + self.shift).to(pixel_values.dtype)
+        x = pixel_values.float() * self.scale + self.shift
+        x = x.to(next(self.tower.parameters()).dtype)  # bf16 teacher on GPU, fp32 loader pixels
         feats = self.tower.features(x, self.layers)
         return {l: f.flatten(0, 1) for l, f in zip(self.layers, feats)}
 

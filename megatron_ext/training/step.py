@@ -17,6 +17,8 @@ class NonFiniteLoss(RuntimeError):
 def forward_step_func(nan: bool = False):
     def forward_step(data_iterator, model):
         b = next(data_iterator)  # every stage reads the micro-batch: its visual features (rule 7)
+        if torch.cuda.is_available():  # the loaders build batches on the host
+            b = {k: v.to(torch.cuda.current_device(), non_blocking=True) for k, v in b.items()}
         if "image_mask" in b:  # VoRA: the image's patches are tokens of the sequence
             out = model(b["input_ids"], b["position_ids"], None, pixel_values=b["pixel_values"],
                         image_mask=b["image_mask"], labels=b["labels"])
