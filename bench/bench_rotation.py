@@ -99,7 +99,7 @@ def bench(d: int, n: int, blocks: int, tokens: int, batch: int, dtype, reps: int
         y.float().sum().backward()
         outputs[name] = y.detach()
 
-    times = interleaved(step, list(paths), reps)
+    times, cpu = interleaved(step, list(paths), reps, cpu=True)
     ref = outputs["solve (tokens as right-hand sides)"].float()
     base = times["solve (tokens as right-hand sides)"]
     keys = {"solve (tokens as right-hand sides)": "solve", "LU + GEMM (apply='matmul')": "matmul",
@@ -112,7 +112,8 @@ def bench(d: int, n: int, blocks: int, tokens: int, batch: int, dtype, reps: int
     rows = []
     for name in paths:
         diff = "-" if name not in keys else f"{(outputs[name].float() - ref).abs().max().item():.1e}"
-        rows.append([name, f"{times[name] * 1e3:.1f}", f"{times[name] / base:.2f}", diff]
+        rows.append([name, f"{times[name] * 1e3:.1f}", f"{times[name] / base:.2f}",
+                     f"{cpu[name] / cpu['solve (tokens as right-hand sides)']:.2f}", diff]
                     + [f"{e[name]:.1e}" if name in e else "-" for e in err])
     return rows
 
@@ -140,7 +141,7 @@ def main() -> None:
             print(f"projection {name}: {d} -> {n}, {blocks} blocks of {d // blocks}, {tokens} tokens "
                   f"x batch {args.batch} (timed with T ~ N(0, {args.scale[0]}^2))")
             print(table(bench(d, n, blocks, tokens, args.batch, dtype, args.reps, args.scale),
-                        ["path", "ms", "ratio", "max|y - y_solve|"]
+                        ["path", "ms", "ratio", "ratio (CPU time)", "max|y - y_solve|"]
                         + [f"max|R^T R - I|, T sd {s}" for s in args.scale]))
             print()
     print(load())

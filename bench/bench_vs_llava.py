@@ -18,9 +18,11 @@ projector, ROSE the VRMG, VLoRA the generator and W_s, VoRA LoRA + embedding + a
 frozen) or everything but the encoder (`--train all`). A step is zero_grad, forward with the
 loss, backward, an AdamW step on the trainable set and zero_grad (set_to_none).
 
-Time: median of --reps steps per model after one untimed warm-up step (the one whose peak memory
-is recorded), the models timed in turn each round (so load from other processes hits all alike); ratios are to LLaVA at the same number
-of visual tokens, measured in the same run. Peak memory: above what was allocated before the step
+Time: wall clock and CPU time of this process (all threads; less disturbed by other processes
+on a shared machine), medians of --reps steps per model after one untimed warm-up step (the one
+whose peak memory is recorded), the models timed in turn each round (so load from other
+processes hits all alike); ratios are to LLaVA at the same number of visual tokens, measured in
+the same run. Peak memory: above what was allocated before the step
 (see bench.common.PEAK_MEMORY_MEASURE: the CUDA allocator's peak on a GPU, the profiler's record of
 CPU allocations on a CPU).
 
@@ -235,20 +237,21 @@ def run(args, dtype) -> list[list]:
             # the warm-up step is the one whose peak memory is recorded (Adam's state exists
             # before it, see init_adam_state), then the timed steps
             mem = {m: peak_memory(lambda: step(m)) for m in group}
-            times = interleaved(step, group, args.reps, warmup=0)
+            times, cpu = interleaved(step, group, args.reps, warmup=0, cpu=True)
             for m in group:
                 n = sum(p.numel() for g in optimizers[m].param_groups for p in g["params"])
-                results[(m, visual)] = (times[m], mem[m], inputs.sequence(m), n)
+                results[(m, visual)] = (times[m], cpu[m], mem[m], inputs.sequence(m), n)
             del models, optimizers, inputs
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     for visual in args.visual_tokens:
-        base_t, base_m = results[("llava", visual)][:2] if "llava" in methods else (None, None)
+        base_t, base_c, base_m = results[("llava", visual)][:3] if "llava" in methods else (None,) * 3
         for m in methods:
-            t, mem, seq, n = results[(m, visual)]
+            t, c, mem, seq, n = results[(m, visual)]
             rows.append([visual, LABELS[m], seq, f"{n / 1e6:.2f}", f"{t * 1e3:.1f}",
-                         f"{t / base_t:.2f}" if base_t else "-", f"{mem / 2**20:.1f}",
+                         f"{t / base_t:.2f}" if base_t else "-", f"{c * 1e3:.1f}",
+                         f"{c / base_c:.2f}" if base_c else "-", f"{mem / 2**20:.1f}",
                          f"{mem / base_m:.2f}" if base_m else "-"])
     return rows
 
@@ -280,7 +283,7 @@ def main() -> None:
     rows = run(args, dtype)
     if rank0:
         print(table(rows, ["visual", "model", "seq", "trainable M", "step ms", "x LLaVA",
-                           "peak MiB", "x LLaVA"]))
+                           "CPU ms", "x LLaVA", "peak MiB", "x LLaVA"]))
         print(f"\n{load()}")
 
 

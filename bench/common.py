@@ -44,19 +44,25 @@ def table(rows: list[list], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def interleaved(step, names, reps: int, warmup: int = 1) -> dict:
+def interleaved(step, names, reps: int, warmup: int = 1, cpu: bool = False):
     """Median seconds of step(name) per variant, the variants timed in turn each round, so that
     load from other processes on a shared machine hits all of them alike (ratios stay meaningful).
-    The warm-up calls are not timed."""
+    The warm-up calls are not timed. cpu=True also returns the median CPU seconds of this process
+    (all its threads: time.process_time), which other processes' load disturbs far less than the
+    wall clock: ({name: wall}, {name: cpu})."""
     for _ in range(warmup):
         for name in names:
             step(name)
     sync()
-    samples = {name: [] for name in names}
+    wall = {name: [] for name in names}
+    used = {name: [] for name in names}
     for _ in range(reps):
         for name in names:
-            samples[name].append(time_fn(lambda: step(name), warmup=0, reps=1))
-    return {name: statistics.median(t) for name, t in samples.items()}
+            c0 = time.process_time()
+            wall[name].append(time_fn(lambda: step(name), warmup=0, reps=1))
+            used[name].append(time.process_time() - c0)
+    med = {name: statistics.median(t) for name, t in wall.items()}
+    return (med, {name: statistics.median(t) for name, t in used.items()}) if cpu else med
 
 
 PEAK_MEMORY_MEASURE = {
