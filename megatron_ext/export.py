@@ -176,36 +176,37 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir
 
         model = VisionLanguageModel(model, VisionTower.from_pretrained(vision_dir), model.equipped,
                                     train_vision=False)
-    processor_dir = image_processor_dir or cfg.model.vision_weights or vision_dir
-    if cfg.model.method == "vora":
-        image_processor = vora_image_processor(cfg.data.image_size, image_processor_dir)
-    elif processor_dir is None:
+    if cfg.data.kind != "synthetic":  # trained on pixels: export exactly the loader's preprocessing
+        image_processor = training_image_processor(cfg, image_processor_dir)
+    elif image_processor_dir or vision_dir:  # trained on features: the encoder's own processor
+        image_processor = AutoImageProcessor.from_pretrained(image_processor_dir or vision_dir)
+    else:
         raise ValueError("pass --image-processor: a directory with the image processor's "
                          "preprocessor_config.json")
-    else:
-        image_processor = AutoImageProcessor.from_pretrained(processor_dir)
     log.info("exporting %s (%s, step directory %s)", run_dir, cfg.model.method, path.name)
     return export_model(model, preset["llm"], out_dir, AutoTokenizer.from_pretrained(tokenizer_dir),
                         image_processor, max_shard_size=max_shard_size)
 
 
-def vora_image_processor(image_size: int, given_dir: str | None = None):
-    """VoRA's pixels go straight into its patch embedding, so the exported processor must be the
-    training loader's: resize to data.image_size (bicubic), scale to [0, 1], mean = std = 0.5
-    (megatron_ext/data/shards.py). A given processor that differs is reported and not used."""
+def training_image_processor(cfg, given_dir: str | None = None):
+    """The training loader's preprocessing as an image processor: resize to data.image_size
+    (bicubic), scale to [0, 1], normalise with the loader's statistics (megatron_ext/data/loader.py
+    pixel_stats: the tower's own; 0.5 for VoRA). A given processor that differs is reported and
+    not used: the export must see images as training did."""
     from transformers import AutoImageProcessor, SiglipImageProcessorPil
 
-    from megatron_ext.data.shards import MEAN, STD
+    from megatron_ext.data.loader import pixel_stats
 
-    ours = SiglipImageProcessorPil(size={"height": image_size, "width": image_size},
-                                   image_mean=list(MEAN), image_std=list(STD))
+    mean, std = pixel_stats(cfg)
+    size = cfg.data.image_size
+    ours = SiglipImageProcessorPil(size={"height": size, "width": size}, image_mean=list(mean), image_std=list(std))
     if given_dir is not None:
         given = AutoImageProcessor.from_pretrained(given_dir)
         same = (dict(getattr(given, "size", {}) or {}) == ours.size
-                and list(given.image_mean) == list(MEAN) and list(given.image_std) == list(STD)
+                and list(given.image_mean) == list(mean) and list(given.image_std) == list(std)
                 and not getattr(given, "do_center_crop", False))
         if not same:
-            log.warning("%s preprocesses differently from VoRA's training loader (size %s, mean %s, std %s); "
+            log.warning("%s preprocesses differently from the training loader (size %s, mean %s, std %s); "
                         "exporting the loader's preprocessing instead", given_dir,
                         getattr(given, "size", None), given.image_mean, given.image_std)
     return ours

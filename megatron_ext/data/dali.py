@@ -20,13 +20,14 @@ from typing import Optional
 
 import torch
 
+from megatron_ext.data.shards import MEAN, STD
 from megatron_ext.data.text import encode_pair
 
 log = logging.getLogger(__name__)
 
 
 def _pipeline(tars, idxs, batch: int, image_size: int, shard_id: int, num_shards: int, seed: int,
-              device_id: Optional[int], checkpoint: Optional[str]):
+              device_id: Optional[int], checkpoint: Optional[str], mean, std):
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = device_id is not None
@@ -40,7 +41,7 @@ def _pipeline(tars, idxs, batch: int, image_size: int, shard_id: int, num_shards
         images = fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB)
         images = fn.resize(images, resize_x=image_size, resize_y=image_size)
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
-                                          mean=[127.5] * 3, std=[127.5] * 3)
+                                          mean=[255.0 * m for m in mean], std=[255.0 * s for s in std])
         return images, fn.pad(txt, fill_value=0)  # dense text bytes for the torch iterator
 
     kwargs = dict(batch_size=batch, num_threads=4, device_id=device_id, seed=seed)
@@ -54,7 +55,8 @@ def _pipeline(tars, idxs, batch: int, image_size: int, shard_id: int, num_shards
 class DaliLoader:
     def __init__(self, manifest: str, tokenizer, prompt: str, seq_length: int, image_size: int,
                  micro_batch_size: int, dp_rank: int, dp_size: int, seed: int,
-                 device_id: Optional[int] = None, image_tokens: int = 0):
+                 device_id: Optional[int] = None, image_tokens: int = 0, mean=MEAN, std=STD):
+        self.mean, self.std = mean, std  # the vision tower's pixel statistics (data.loader.pixel_stats)
         m = json.loads(Path(manifest).read_text())
         root = Path(manifest).parent
         self.tars = [str(root / e["tar"]) for e in m["shards"]]
@@ -69,7 +71,7 @@ class DaliLoader:
 
     def _build(self):
         self._pipe = _pipeline(self.tars, self.idxs, self.mbs, self.size, self.rank, self.dp,
-                               self.seed, self.device_id, self._checkpoint)
+                               self.seed, self.device_id, self._checkpoint, self.mean, self.std)
         log.info("DALI: %d shards, DP rank %d/%d, %s decode", len(self.tars), self.rank, self.dp,
                  "GPU (mixed)" if self.device_id is not None else "CPU")
 

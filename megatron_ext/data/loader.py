@@ -59,6 +59,23 @@ def image_tokens(cfg, preset: dict) -> int:
     return (cfg.data.image_size // p) ** 2
 
 
+def pixel_stats(cfg) -> tuple[tuple, tuple]:
+    """(mean, std) the loaders normalise with: the vision tower's own (its directory's
+    preprocessor_config.json), so that a CLIP tower sees CLIP's statistics in training as in the
+    export; mean = std = 0.5 without one. VoRA's pixels feed its own patch embedding (its teacher
+    re-normalises), so VoRA keeps 0.5."""
+    import json
+    from pathlib import Path
+
+    from megatron_ext.data.shards import MEAN, STD
+
+    if cfg.model.method == "vora" or not cfg.model.vision_weights:
+        return MEAN, STD
+    path = Path(cfg.model.vision_weights) / "preprocessor_config.json"
+    stats = json.loads(path.read_text()) if path.is_file() else {}
+    return tuple(stats.get("image_mean", MEAN)), tuple(stats.get("image_std", STD))
+
+
 def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int) -> MicroBatchLoader:
     d = cfg.data
     if d.kind == "synthetic":
@@ -72,7 +89,7 @@ def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int) -> MicroBatchLoa
         from megatron_ext.data.text import build_tokenizer
 
         dataset = ShardDataset(d.manifest, build_tokenizer(d.tokenizer), d.prompt, d.seq_length,
-                               d.image_size, image_tokens(cfg, preset))
+                               d.image_size, image_tokens(cfg, preset), *pixel_stats(cfg))
     elif d.kind == "dali":
         import torch
 
@@ -82,7 +99,7 @@ def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int) -> MicroBatchLoa
         device = torch.cuda.current_device() if torch.cuda.is_available() else None
         return DaliLoader(d.manifest, build_tokenizer(d.tokenizer), d.prompt, d.seq_length,
                           d.image_size, cfg.train.micro_batch_size, dp_rank, dp_size, d.seed, device,
-                          image_tokens(cfg, preset))
+                          image_tokens(cfg, preset), *pixel_stats(cfg))
     else:
         raise ValueError(f"data.kind={d.kind}: use synthetic, webdataset or dali")
     return MicroBatchLoader(dataset, RankSampler(len(dataset), dp_rank, dp_size, d.seed),

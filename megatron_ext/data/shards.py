@@ -53,7 +53,8 @@ def decode_image(data: bytes, size: int, mean=MEAN, std=STD) -> torch.Tensor:
 
 class ShardDataset:
     def __init__(self, manifest: str, tokenizer, prompt: str, seq_length: int, image_size: int,
-                 image_tokens: int = 0):
+                 image_tokens: int = 0, mean=MEAN, std=STD):
+        self.mean, self.std = mean, std  # the vision tower's pixel statistics (data.loader.pixel_stats)
         self.manifest_path = Path(manifest)
         m = json.loads(self.manifest_path.read_text())
         if m.get("format") != "webdataset" or "shards" not in m:
@@ -85,7 +86,7 @@ class ShardDataset:
                 return f.read(size)
             image, text = read(image_ext), read("txt")
         try:
-            pixels = decode_image(image, self.size)
+            pixels = decode_image(image, self.size, self.mean, self.std)
             caption = text.decode("utf-8").strip()
         except Exception as e:  # PIL raises many types for broken files
             log.debug("corrupt sample %d in %s: %s", i, tar, e)

@@ -125,3 +125,31 @@ def test_dali_loader_on_cpu_reads_disjoint_samples_and_resumes(tmp_path):
     b = loader(0, 1)
     b.load_state_dict(state)
     assert [_caption_ids(b.next_microbatch()) for _ in range(3)] == expected
+
+
+def test_pixels_use_the_towers_statistics_and_the_export_preprocesses_exactly_like_training(tmp_path):
+    """A CLIP tower normalises with CLIP's mean/std: the loader must too (not 0.5), and the exported
+    image processor must give the tower the same tensor for the same image."""
+    from transformers import CLIPImageProcessor
+
+    from megatron_ext.data.loader import build_loader, pixel_stats
+    from megatron_ext.export import training_image_processor
+    from megatron_ext.training.config import load_config
+
+    manifest = make_shards(tmp_path, n_shards=1, per_shard=2, corrupt=())
+    tower = tmp_path / "clip"
+    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tower)
+    clip_mean, clip_std = CLIPImageProcessor().image_mean, CLIPImageProcessor().image_std
+    overrides = ["model.method=vlora", f"model.vision_weights={tower}", "data.kind=webdataset",
+                 f"data.manifest={manifest}", "data.image_size=16", "data.seq_length=24",
+                 "train.micro_batch_size=1"]
+    cfg = load_config(None, overrides)
+    assert pixel_stats(cfg) == (tuple(clip_mean), tuple(clip_std))
+    assert pixel_stats(load_config(None, overrides + ["model.method=vora"]))[0] == (0.5, 0.5, 0.5)
+
+    loader = build_loader(cfg, {"vision": {"hidden_size": 8}, "llm": {"vocab_size": 256}}, 0, 1)
+    batch = loader.next_microbatch()
+    uid = int(_caption_ids(batch)[0].split()[-1])
+    image = Image.open(io.BytesIO(_jpg((uid * 20 % 255, 0, 0))))
+    exported = training_image_processor(cfg, str(tower))(image, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(exported, batch["pixel_values"], atol=2e-6, rtol=0)
