@@ -123,6 +123,7 @@ def main() -> None:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="7b")
     ap.add_argument("--tokens", type=int, nargs="+", default=[512, 1],
                     help="tokens per sample sharing one rotation: 512 (training, prefill), 1 (decoding)")
+    ap.add_argument("--projections", nargs="+", choices=["q", "down"], default=["q", "down"])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--scale", type=float, nargs="+", default=[0.05, 1.0, 10.0],
                     help="standard deviations of T's entries for the orthogonality error (the first also for the timing)")
@@ -136,7 +137,7 @@ def main() -> None:
     print("time: forward + backward of the projection; ratio against the solve path, same run; "
           "max|y - y_solve|: the path's output against the solve path's; max|R^T R - I|: the rotation "
           "the path applies, per block, at each scale of T\n")
-    for name, d, n, blocks in SHAPES[args.shape]:
+    for name, d, n, blocks in [p for p in SHAPES[args.shape] if p[0] in args.projections]:
         for tokens in args.tokens:
             print(f"projection {name}: {d} -> {n}, {blocks} blocks of {d // blocks}, {tokens} tokens "
                   f"x batch {args.batch} (timed with T ~ N(0, {args.scale[0]}^2))")
