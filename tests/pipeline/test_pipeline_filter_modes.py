@@ -65,8 +65,8 @@ def test_clip_score_filter(chain, corpus, tiny_captioner, tiny_clip, tmp_path):
     from pipeline.clip_score import ClipScorer
 
     scorer = ClipScorer.get(tiny_clip)
-    from pipeline.demo_data import _image, _jpeg  # the corpus' own image generator
-    jpgs = [_jpeg(_image(i, 64, 48)) for i in range(3)]
+    from pipeline.demo_data import blob_image, _jpeg  # the corpus' own image generator
+    jpgs = [_jpeg(blob_image(i, 64, 48)) for i in range(3)]
     s = scorer.score([jpgs[0], None, jpgs[2]], ["a red cat", "x", "a blue boat"], batch_size=2)
     assert np.isnan(s[1]) and np.all(np.abs(s[[0, 2]]) <= 1.0 + 1e-6)
     # Threshold above any cosine: every sample that passed the other checks is dropped for its score.
