@@ -14,6 +14,7 @@ weights (ROSE: W^T R^T; VLoRA: W + W_v W_s), the papers' inference mode.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from types import SimpleNamespace
 
@@ -42,6 +43,18 @@ def input_dims(text_config) -> dict:
     h = text_config.hidden_size
     return {"q": h, "k": h, "v": h, "o": heads * head_dim, "gate": h, "up": h, "mlp": h,
             "down": text_config.intermediate_size}
+
+
+def _no_init_weights():
+    """transformers' context that skips weight initialisation (v5: transformers.initialization)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            return contextlib.nullcontext()
+    return no_init_weights()
 
 
 class RotatedProjection(nn.Linear):
@@ -224,7 +237,8 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
         if pixel_values.shape[0] != 1:
             raise ValueError("merge_vision takes one image (pixel_values of batch size 1)")
         cond = self.conditioning(pixel_values, **vision_inputs)
-        merged = Qwen2ForCausalLM(self.config.text_config).to(self.device, self.dtype)
+        with _no_init_weights():  # every tensor is overwritten below: skip the random init
+            merged = Qwen2ForCausalLM(self.config.text_config).to(self.device, self.dtype)
         state = {k: v for k, v in self.language_model.state_dict().items() if not k.endswith("lora_B")}
         merged.load_state_dict(state)
         merged.generation_config = copy.deepcopy(self.generation_config)  # its eos/pad ids, its defaults
