@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import shutil
 import socket
 from pathlib import Path
@@ -55,7 +56,7 @@ def build(data: Path, size: Size, captioner: Path, echo: bool = True) -> dict:
                  sum(1 for r in rows if r[2]), server.url)
         sets = [f"input={urls}", f"output_dir={data / 'pipeline'}", f"recaption.model={captioner}",
                 f"shard.samples_per_shard={size.samples_per_shard}"]
-        cmd = [proc.python(), "pipeline/run.py", "--config", PIPELINE_CONFIG]
+        cmd = [sys.executable, "pipeline/run.py", "--config", PIPELINE_CONFIG]
         for s in sets:
             cmd += ["--set", s]
         seconds = proc.run(cmd, data / "pipeline.log", "data", echo=echo)

@@ -7,6 +7,7 @@ Greedy decoding of both must give the same tokens."""
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def held_out_image(path: Path):
 
 def export(out: Path, run_dir: str, tokenizer: Path, echo: bool = True) -> tuple[Path, float]:
     hf_dir = out / "hf"
-    wall = proc.run([proc.python(), "-m", "megatron_ext.export", "--checkpoint", run_dir, "--out", hf_dir,
+    wall = proc.run([sys.executable, "-m", "megatron_ext.export", "--checkpoint", run_dir, "--out", hf_dir,
                      "--tokenizer", tokenizer], out / "logs" / "export.log", "export", echo=echo)
     return hf_dir, wall
 

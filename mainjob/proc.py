@@ -34,7 +34,3 @@ def run(cmd: list, log_path: Path, tag: str, env: dict | None = None, echo: bool
     if code:
         raise StepFailed(f"{tag} failed (exit {code}); see {log_path}")
     return time.time() - t0
-
-
-def python() -> str:
-    return sys.executable

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import yaml
@@ -50,7 +51,7 @@ def train(out: Path, method: str, stages: tuple, size: Size, manifest: str, toke
                          f"model.vision_weights={tower}", f"log.run_dir={run_dir}"]
             if previous is not None:
                 overrides.append(f"train.init_from={previous}")
-            cmd = [Path(proc.python()).parent / "torchrun", "--standalone",
+            cmd = [Path(sys.executable).parent / "torchrun", "--standalone",
                    f"--nproc-per-node={TENSOR_PARALLEL}", "-m", "megatron_ext.train",
                    "--config", config, *overrides]
             wall = proc.run(cmd, out / "logs" / f"train-{stage}.log", f"train {stage}", echo=echo,

@@ -153,10 +153,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir
     run_dir = next((p for p in (path.parent, path.parent.parent) if (p / "config.yaml").is_file()), None)
     if run_dir is None:
         raise FileNotFoundError(f"no config.yaml beside {path} (a run directory holds the resolved config)")
-    layout = ["parallel.tensor=1", "parallel.pipeline=1"]
-    cfg = load_config(str(run_dir / "config.yaml"), layout)
+    cfg = load_config(str(run_dir / "config.yaml"), ["parallel.tensor=1", "parallel.pipeline=1"])
     if cfg.model.method == "vora":  # the distillation teacher is not part of the model
-        cfg = load_config(str(run_dir / "config.yaml"), layout + ["model.vision_weights="])
+        cfg.model.vision_weights = None
     tokenizer_dir = tokenizer_dir or (cfg.data.tokenizer if Path(cfg.data.tokenizer).is_dir() else None)
     if tokenizer_dir is None:
         raise ValueError(f"the run tokenised with '{cfg.data.tokenizer}'; pass --tokenizer with a "

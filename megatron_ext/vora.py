@@ -337,17 +337,13 @@ class VoRATeacher(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, vora: VoRAConfig, image_size: int, dtype=torch.float32) -> "VoRATeacher":
-        import json
-        from pathlib import Path
-
+        from megatron_ext.data.shards import tower_pixel_stats
         from megatron_ext.vision_tower import VisionTower
 
         teacher_check(path, vora, image_size)
         layers = vora.distilled()
         tower = VisionTower.from_pretrained(path, feature_layer=max(layers), dtype=dtype)
-        processor = Path(path) / "preprocessor_config.json"
-        stats = json.loads(processor.read_text()) if processor.is_file() else {}
-        teacher = cls(tower, layers, stats.get("image_mean"), stats.get("image_std"))
+        teacher = cls(tower, layers, *tower_pixel_stats(path))
         return teacher.to(torch.cuda.current_device()) if torch.cuda.is_available() else teacher
 
     @torch.no_grad()

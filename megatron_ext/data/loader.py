@@ -64,16 +64,11 @@ def pixel_stats(cfg) -> tuple[tuple, tuple]:
     preprocessor_config.json), so that a CLIP tower sees CLIP's statistics in training as in the
     export; mean = std = 0.5 without one. VoRA's pixels feed its own patch embedding (its teacher
     re-normalises), so VoRA keeps 0.5."""
-    import json
-    from pathlib import Path
-
-    from megatron_ext.data.shards import MEAN, STD
+    from megatron_ext.data.shards import MEAN, STD, tower_pixel_stats
 
     if cfg.model.method == "vora" or not cfg.model.vision_weights:
         return MEAN, STD
-    path = Path(cfg.model.vision_weights) / "preprocessor_config.json"
-    stats = json.loads(path.read_text()) if path.is_file() else {}
-    return tuple(stats.get("image_mean", MEAN)), tuple(stats.get("image_std", STD))
+    return tower_pixel_stats(cfg.model.vision_weights)
 
 
 def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int) -> MicroBatchLoader:

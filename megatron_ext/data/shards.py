@@ -41,6 +41,14 @@ def index_tar(path: Path) -> list[tuple[str, dict]]:
     return [(k, samples[k]) for k in order]
 
 
+def tower_pixel_stats(tower_dir) -> tuple[tuple, tuple]:
+    """(mean, std) of a vision tower's image processor (its directory's preprocessor_config.json);
+    mean = std = 0.5 where it has none."""
+    path = Path(tower_dir) / "preprocessor_config.json"
+    stats = json.loads(path.read_text()) if path.is_file() else {}
+    return tuple(stats.get("image_mean", MEAN)), tuple(stats.get("image_std", STD))
+
+
 def decode_image(data: bytes, size: int, mean=MEAN, std=STD) -> torch.Tensor:
     from PIL import Image
 

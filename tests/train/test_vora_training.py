@@ -25,6 +25,7 @@ MAIN = {s: ROOT / "configs" / "train" / "main" / f"vora-{s}.yaml" for s in ("s1"
 GROUPS = {"s1": {"lora", "embedding", "aux"}, "s2": {"llm", "embedding"}}
 S1_STEPS = 6
 MAIN_IMAGE = 64
+MAIN_TEACHER = f"tiny-aimv2-{MAIN_IMAGE}"  # mainjob/assets.py vision_tower's directory
 
 
 def _overrides(root, name, stage, steps, layout=(), init_from=None, data="shards", teacher="aimv2"):
@@ -92,9 +93,9 @@ def _worker(rank, root):
     main = [f"data.tokenizer={root}/qwen", "train.micro_batch_size=1", "train.global_batch_size=2",
             "parallel.tensor=2"]
     out[("main", "s1")], _ = _run(load_config(str(MAIN["s1"]), _overrides(
-        root, "main", "s1", 1, main, data="shards64", teacher="aimv2-64")))
+        root, "main", "s1", 1, main, data="shards64", teacher=MAIN_TEACHER)))
     out[("main", "s2")], model = _run(load_config(str(MAIN["s2"]), _overrides(
-        root, "main", "s2", 1, main, init_from="s1", data="shards64", teacher="aimv2-64")))
+        root, "main", "s2", 1, main, init_from="s1", data="shards64", teacher=MAIN_TEACHER)))
     ids, pixels, mask = _probe(root)
     with torch.no_grad():
         logits = model(ids, torch.arange(ids.shape[1])[None], None, pixel_values=pixels, image_mask=mask)
@@ -115,7 +116,9 @@ def _probe(root):
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    from transformers import Aimv2VisionConfig, Aimv2VisionModel, SiglipImageProcessorPil
+    from transformers import Aimv2VisionConfig, Aimv2VisionModel
+
+    from mainjob import assets
 
     from recaption.tiny import build_tokenizer
     from test_data import make_shards
@@ -126,11 +129,7 @@ def results(tmp_path_factory):
     Aimv2VisionModel(Aimv2VisionConfig(hidden_size=40, intermediate_size=80, num_hidden_layers=3,
                                        num_attention_heads=4, image_size=16, patch_size=4)
                      ).save_pretrained(root / "aimv2")
-    main_teacher = root / "aimv2-64"  # as mainjob/assets.py builds it
-    Aimv2VisionModel(Aimv2VisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                                       num_attention_heads=4, image_size=MAIN_IMAGE, patch_size=8)
-                     ).save_pretrained(main_teacher)
-    SiglipImageProcessorPil(size={"height": MAIN_IMAGE, "width": MAIN_IMAGE}).save_pretrained(main_teacher)
+    assets.vision_tower(root, "aimv2", MAIN_IMAGE)  # the main job's teacher, built by its own code
     build_tokenizer().save_pretrained(root / "qwen")
     for name, n in (("shards", 8), ("shards64", 4)):
         (root / name).mkdir()
@@ -208,7 +207,7 @@ def test_main_job_path_qwen_tokenizer_tp2_export_and_generate(results, tmp_path)
     out = tmp_path / "hf"
     subprocess.run([sys.executable, "-m", "megatron_ext.export", "--checkpoint", str(root / "main-s2"),
                     "--out", str(out), "--tokenizer", str(root / "qwen"),
-                    "--image-processor", str(root / "aimv2-64")], check=True, cwd=ROOT)
+                    "--image-processor", str(root / MAIN_TEACHER)], check=True, cwd=ROOT)
     model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32).eval()
     assert model.config.method == "vora"
     ids, pixels, _ = _probe(root)
