@@ -1,19 +1,16 @@
-"""Data-pipeline config: YAML -> typed dataclasses, with messages that name the bad key."""
+"""Data-pipeline config: YAML -> typed dataclasses through the shared loader (pvcommon/config.py),
+with messages that name the bad key."""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 import os
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
-import yaml
-
-
-class ConfigError(ValueError):
-    pass
+from pvcommon import config as shared
+from pvcommon.config import ConfigError  # noqa: F401  (the pipeline's name for it)
 
 
 @dataclass
@@ -145,46 +142,6 @@ _CHOICES = {
 }
 
 
-def _build(cls, data: Any, where: str):
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}; known: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{where}.{name}" if where else name
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, key)
-        else:
-            kwargs[name] = _coerce(value, hint, key)
-    return cls(**kwargs)
-
-
-def _coerce(value, hint, key):
-    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
-    base = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{key}: must not be null")
-    ok = {
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        bool: lambda v: isinstance(v, bool),
-        str: lambda v: isinstance(v, str),
-        list: lambda v: isinstance(v, list),
-    }.get(typing.get_origin(base) or base, lambda v: True)
-    if not ok(value):
-        raise ConfigError(f"{key}: expected {getattr(base, '__name__', base)}, got {value!r}")
-    return float(value) if base is float else value
-
-
 def _validate(cfg: PipelineConfig) -> None:
     if not cfg.input:
         raise ConfigError("input: required (a parquet or csv file of URLs and alt-texts)")
@@ -212,28 +169,11 @@ def _validate(cfg: PipelineConfig) -> None:
 
 def from_dict(data: dict) -> PipelineConfig:
     """Relative paths stay relative to the working directory the job runs in."""
-    cfg = _build(PipelineConfig, data, "")
+    cfg = shared.build(PipelineConfig, data)
     _validate(cfg)
     return cfg
 
 
 def load(path: str, overrides: Optional[list] = None) -> PipelineConfig:
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    for item in overrides or []:
-        _apply_override(data, item)
-    return from_dict(data)
-
-
-def _apply_override(data: dict, item: str) -> None:
-    """`section.key=value` from the command line; the value is parsed as YAML."""
-    if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected key.path=value")
-    path, raw = item.split("=", 1)
-    node = data
-    parts = path.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = yaml.safe_load(raw)
+    """The YAML at `path` with `section.key=value` overrides (values parsed as YAML)."""
+    return from_dict(shared.apply_overrides(shared.read_yaml(path), overrides or []))

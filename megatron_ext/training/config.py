@@ -1,7 +1,7 @@
 """Training config: a YAML file (configs/train/*.yaml) plus `section.key=value` overrides.
 
-Every section is a dataclass, so a misspelt key fails at start-up with the list of known keys;
-`validate` checks what depends on the world size (batch divisibility, TP x PP) before any model is
+Every section is a dataclass read by the shared loader (pvcommon/config.py), so a misspelt key
+fails at start-up with the list of known keys; `validate` checks what depends on the world size (batch divisibility, TP x PP) before any model is
 built, with messages that say what to change.
 """
 
@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A training config that cannot work; the message says which key and what to change."""
+from pvcommon import config as shared
+from pvcommon.config import ConfigError  # noqa: F401  (training's name for it; exit code 2)
 
 
 @dataclass
@@ -114,72 +110,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls, values: dict, where: str):
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(values) - set(known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-    kwargs = {}
-    for name, value in values.items():
-        f = known[name]
-        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}.{name} must be a mapping, got {value!r}")
-            value = _build(f.default_factory, value, f"{where}.{name}" if where else name)
-        kwargs[name] = _coerce(value, f.type, f"{where}.{name}" if where else name)
-    return cls(**kwargs)
-
-
-_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
-
-
-def _coerce(value, type_name, where: str):
-    """YAML 1.1 reads `2e-3` as a string and `10` as an int where a float is meant: convert to the
-    field's declared scalar type, or say what was expected."""
-    if value is None or not isinstance(type_name, str):
-        return value
-    name = type_name.replace("Optional[", "").rstrip("]")
-    target = _SCALARS.get(name)
-    if target is None or isinstance(value, target) and not (target is int and isinstance(value, bool)):
-        return value
-    try:
-        if target is bool:
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                return value.lower() in ("true", "1", "yes")
-            raise ValueError
-        if target is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return target(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where} must be {name}, got {value!r}") from None
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted}: {k} is not a section")
-    node[keys[-1]] = value
-
-
 def load_config(path: Optional[str], overrides: list[str] = ()) -> TrainConfig:
     """The YAML at `path` (None: all defaults) with `section.key=value` overrides (YAML values)."""
-    tree = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"training config {path} not found")
-        tree = yaml.safe_load(p.read_text()) or {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        key, raw = item.split("=", 1)
-        if "." not in key:
-            raise ConfigError(f"override {item!r}: name the section, e.g. train.steps=10")
-        _set_dotted(tree, key, yaml.safe_load(raw) if raw != "" else None)
-    return _build(TrainConfig, tree, "config")
+    return shared.load(TrainConfig, path, overrides, need_section=True, what="training config")
 
 
 def validate(cfg: TrainConfig, world_size: int) -> int:

@@ -16,7 +16,7 @@ def test_overrides_are_typed_and_dotted():
 
 @pytest.mark.parametrize("overrides,world,message", [
     (["train.stepz=3"], 1, "unknown key(s) ['stepz']"),
-    (["train.steps=abc"], 1, "config.train.steps must be int"),
+    (["train.steps=abc"], 1, "train.steps: expected int, got 'abc'"),
     (["steps=3"], 1, "name the section"),
     (["parallel.tensor=2", "parallel.pipeline=2"], 2, "not divisible by parallel.tensor x parallel.pipeline"),
     (["train.global_batch_size=6", "train.micro_batch_size=4"], 2,
