@@ -61,7 +61,9 @@ def check_handoff(prev_name: str, prev: pd.DataFrame, name: str, cur: pd.DataFra
 def finalize(output_dir: str, stage_frames: List[tuple], urls: pd.DataFrame) -> dict:
     """stage_frames: [(stage, decisions DataFrame)] in pipeline order; urls: uid, url, alt_text.
 
-    Writes decisions.parquet (one row per input URL) and summary.json; returns the summary."""
+    Writes decisions.parquet (one row per input URL) and summary.json; returns the summary. When
+    the frames end before the shard stage (a `--stages` subset), "kept" means passed the last of
+    them, and the summary's "through" names it."""
     for (pn, p), (n, c) in zip(stage_frames, stage_frames[1:]):
         check_handoff(pn, p, n, c)
     first = stage_frames[0][1]
@@ -80,6 +82,7 @@ def finalize(output_dir: str, stage_frames: List[tuple], urls: pd.DataFrame) -> 
     write_parquet_atomic(os.path.join(output_dir, "decisions.parquet"),
                          pa.Table.from_pandas(final, preserve_index=False))
     summary = summarize(final, stage_frames)
+    summary["through"] = last_name
     write_bytes_atomic(os.path.join(output_dir, "summary.json"), json.dumps(summary, indent=2).encode())
     print_summary(summary)
     return summary
@@ -100,7 +103,9 @@ def summarize(final: pd.DataFrame, stage_frames: List[tuple]) -> dict:
 
 
 def print_summary(summary: dict) -> None:
-    lines = [f"input {summary['input']}  kept {summary['kept']}  dropped {summary['dropped']}"]
+    through = summary.get("through", "shard")
+    upto = "" if through == "shard" else f" (through the {through} stage; later stages not run)"
+    lines = [f"input {summary['input']}  kept {summary['kept']}  dropped {summary['dropped']}{upto}"]
     for reason, n in summary["dropped_by_reason"].items():
         lines.append(f"  dropped {n:>7}  {reason}")
     lines.append(f"  check: {summary['kept']} kept + {summary['dropped']} dropped = {summary['input']} input")

@@ -1,11 +1,16 @@
-"""Shared command line for the stage scripts: --config, --set overrides, logging, clean errors."""
+"""Shared command line for the stage scripts: --config, --set overrides, logging, and one error
+path (pvcommon/errors.py): a user's mistake ends with one line, exit 2 for a config or usage
+error, 1 for a data error (the URL list, a stage's missing input), never a traceback."""
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from pipeline import config as config_mod
+from pvcommon.errors import DataError, UserError, report
+from pvcommon.runlock import lock_run_dir
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -29,24 +34,39 @@ def parse_and_load(argv, doc: str, p: argparse.ArgumentParser = None):
     setup_logging(args.log_level)
     try:
         cfg = config_mod.load(args.config, args.set)
-    except config_mod.ConfigError as e:
-        p.exit(2, f"config error: {e}\n")
+    except UserError as e:
+        sys.exit(report(e))
     return cfg, args
 
 
+def _as_user_error(e: Exception) -> UserError:
+    """Errors from deeper code that are the user's to fix: a missing file or stage output, an
+    unreachable cluster."""
+    return e if isinstance(e, UserError) else DataError(str(e))
+
+
 def exit_on_user_error(fn, *args):
-    """Missing files, unreachable clusters and bad model paths end with one clear line, not a trace."""
-    from pipeline.inputs import InputError
+    """Run `fn`; a user's mistake ends with its one line (logged too) and its exit code."""
     from pipeline.ray_setup import RayConnectError
-    from recaption.base import BackendUnavailable
     try:
         return fn(*args)
-    except (FileNotFoundError, RayConnectError, config_mod.ConfigError, InputError, BackendUnavailable) as e:
-        logging.getLogger("pipeline").error("%s", e)
-        sys.exit(f"error: {e}")
+    except (UserError, FileNotFoundError, RayConnectError) as e:
+        err = _as_user_error(e)
+        logging.getLogger("pipeline").error("%s", err)
+        sys.exit(report(err))
+
+
+def start(cfg, stages) -> None:
+    """Before any stage: the checks that need no data (pipeline/preflight.py), then the lock on
+    output_dir so that a second run on it stops here, naming this one's pid."""
+    from pipeline import preflight
+    preflight.check(cfg, stages)
+    lock_run_dir(cfg.output_dir, "output_dir")
 
 
 def stage_main(run, doc: str, argv=None) -> None:
-    """The command line of one stage: parse --config/--set, then run it with clear user errors."""
+    """The command line of one stage: parse --config/--set, check, lock, then run it."""
     cfg, _ = parse_and_load(argv, doc)
+    name = os.path.splitext(os.path.basename(run.__code__.co_filename))[0]  # also as __main__
+    exit_on_user_error(start, cfg, [name])
     exit_on_user_error(run, cfg)

@@ -85,6 +85,7 @@ class FilterConfig:
     phash_max_distance: Optional[int] = 4  # None disables near-duplicate removal
     caption_min_words: int = 3
     caption_max_words: int = 400
+    caption_max_chars: int = 4000  # also bounds one huge "word" (a 1 MB run of letters has one word)
     min_script_ratio: Optional[float] = 0.7  # share of letters in `scripts`; None disables the language check
     scripts: list = field(default_factory=lambda: ["latin"])
     max_repeated_ngram_share: Optional[float] = 0.5  # repetition loops; None disables
@@ -153,7 +154,8 @@ def _validate(cfg: PipelineConfig) -> None:
             raise ConfigError(f"{section}.{name}: {value!r} is not one of {sorted(choices)}")
     positive = [("download", "samples_per_shard"), ("download", "processes"), ("download", "threads"),
                 ("download", "image_size"), ("recaption", "batch_size"), ("recaption", "num_actors"),
-                ("recaption", "max_new_tokens"), ("shard", "samples_per_shard"), ("filter", "repeat_ngram")]
+                ("recaption", "max_new_tokens"), ("shard", "samples_per_shard"), ("filter", "repeat_ngram"),
+                ("filter", "caption_max_chars")]
     for section, name in positive:
         if getattr(getattr(cfg, section), name) <= 0:
             raise ConfigError(f"{section}.{name}: must be > 0")

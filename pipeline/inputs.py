@@ -13,27 +13,50 @@ import pyarrow.parquet as pq
 
 from pipeline import accounting
 from pipeline.fsio import write_parquet_atomic
+from pvcommon.errors import DataError
 
 log = logging.getLogger(__name__)
 
 
-class InputError(ValueError):
-    """The URL list cannot be used as given (format, columns)."""
+class InputError(DataError):
+    """The URL list cannot be used as given (missing, empty, unreadable, format, columns): exit 1."""
+
+
+class InputNotFound(InputError, FileNotFoundError):
+    pass
+
+
+def check_readable(path: str) -> None:
+    """What can be told about the URL list without reading it; run before any stage starts."""
+    if not os.path.exists(path):
+        raise InputNotFound(f"input URL list not found: {path!r} (expected a .parquet or .csv file)")
+    if not os.path.isfile(path):
+        raise InputError(f"input {path!r} is a directory; set input to a .parquet, .csv or .tsv file")
+    if not path.endswith((".csv", ".tsv", ".parquet")):
+        raise InputError(f"input {path!r}: unsupported format; use .parquet, .csv or .tsv")
+    if os.path.getsize(path) == 0:
+        raise InputError(f"input {path!r} is empty (0 bytes); it needs a header row with a "
+                         f"URL column and one row per image")
 
 
 def read_raw(path: str, url_col: str, caption_col: str) -> pa.Table:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"input URL list not found: {path!r} (expected a .parquet or .csv file)")
+    check_readable(path)
+    try:
+        return _read(path, url_col, caption_col)
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"input {path!r} cannot be read as {os.path.splitext(path)[1][1:]}: {first}") from None
+
+
+def _read(path: str, url_col: str, caption_col: str) -> pa.Table:
     if path.endswith(".csv") or path.endswith(".tsv"):
         # Read text columns as raw bytes so invalid UTF-8 is caught per row, not as a crash.
         opts = pacsv.ConvertOptions(column_types={url_col: pa.binary(), caption_col: pa.binary()})
         parse = pacsv.ParseOptions(delimiter="\t" if path.endswith(".tsv") else ",", newlines_in_values=True)
         t = pacsv.read_csv(path, parse_options=parse, convert_options=opts,
                            read_options=pacsv.ReadOptions(use_threads=True))
-    elif path.endswith(".parquet"):
+    else:  # .parquet (check_readable refused other suffixes)
         t = pq.read_table(path)
-    else:
-        raise InputError(f"input {path!r}: unsupported format; use .parquet, .csv or .tsv")
     if url_col not in t.column_names:
         raise InputError(f"input {path!r} has no URL column {url_col!r}; columns: {t.column_names} "
                          f"(set url_col in the config)")

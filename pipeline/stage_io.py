@@ -43,12 +43,13 @@ def previous_decisions(cfg, stage: str) -> pd.DataFrame:
     return accounting.read([path])
 
 
-def stage_frames(cfg) -> list:
-    """[(stage name, decisions)] for the stages this config runs, in order."""
+def stage_frames(cfg, through: str = "shard") -> list:
+    """[(stage name, decisions)] for the stages this config runs, in order, up to `through`."""
     names = [("input", INPUT), ("download", DOWNLOAD)]
     if cfg.recaption.enabled:
         names.append(("recaption", RECAPTION))
     names += [("filter", FILTER), ("shard", SHARD)]
+    names = names[:[n for n, _ in names].index(through) + 1]
     return [(n, accounting.read([os.path.join(cfg.stage_dir(d), "decisions.parquet")])) for n, d in names]
 
 

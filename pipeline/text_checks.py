@@ -39,6 +39,8 @@ def caption_problem(text: str, f, prompt: Optional[str] = None) -> Optional[str]
     """f: FilterConfig. Returns a drop reason or None."""
     if text is None or not text.strip():
         return "caption_empty"
+    if len(text) > f.caption_max_chars:  # before splitting: a 1 MB single "word" passes a word count
+        return "caption_too_many_chars"
     words = _WORD.findall(text.lower())
     if len(words) < f.caption_min_words:
         return "caption_too_short"

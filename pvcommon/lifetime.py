@@ -1,0 +1,48 @@
+"""Workers die with their launcher. A torchrun worker asks the kernel for SIGKILL when its parent
+(the launcher) dies (prctl PR_SET_PDEATHSIG), and so does every child it forks afterwards
+(Megatron's checkpoint writers are forked): a killed launcher or worker leaves nothing running
+that could finish a checkpoint alone or race a rerun."""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+_installed = False
+
+
+def _die_with_parent(parent: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the parent died before the request was in place
+        os._exit(128 + signal.SIGKILL)
+
+
+def _forked_child(parent: int) -> None:
+    try:
+        _die_with_parent(parent)
+    except OSError:
+        pass  # a child without the guard still works; it only outlives a killed worker
+
+
+def die_with_launcher() -> bool:
+    """In this process and in the children it forks from now on (Linux; elsewhere a no-op).
+    Returns whether the guard is active. Only for processes a launcher started (torchrun): a run
+    started from a shell must survive that shell."""
+    global _installed
+    if not sys.platform.startswith("linux"):
+        return False
+    if _installed:
+        return True
+    _die_with_parent(os.getppid())
+    me = os.getpid()
+    os.register_at_fork(after_in_child=lambda: _forked_child(me) if os.getppid() == me else None)
+    _installed = True
+    return True
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ
