@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from mainjob.settings import ROOT
+from pvcommon.lifetime import child_dies_with_me
 
 
 class StepFailed(RuntimeError):
@@ -23,7 +24,8 @@ def run(cmd: list, log_path: Path, tag: str, env: dict | None = None, echo: bool
     t0 = time.time()
     with open(log_path, "w") as log, subprocess.Popen(
             [str(c) for c in cmd], cwd=ROOT, env=child_env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, errors="replace") as p:
+            stderr=subprocess.STDOUT, text=True, errors="replace",
+            preexec_fn=child_dies_with_me) as p:  # a killed main job stops its children
         log.write("$ " + " ".join(str(c) for c in cmd) + "\n")
         for line in p.stdout:
             log.write(line)

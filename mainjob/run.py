@@ -20,6 +20,8 @@ from pathlib import Path
 from mainjob import assets, data, inference, report, training
 from mainjob.proc import StepFailed
 from mainjob.settings import IMAGE_SIZE, METHODS, PROMPT, SIZES
+from pvcommon.errors import ArgumentParser, UserError, report
+from pvcommon.runlock import lock_run_dir
 
 log = logging.getLogger("mainjob")
 
@@ -27,10 +29,10 @@ log = logging.getLogger("mainjob")
 def _claim(out_root: Path, size_name: str) -> None:
     """An output root holds one size: resuming a run of another size would mix corpora and steps."""
     marker = out_root / "size"
+    lock_run_dir(out_root, "--out")  # a second main job on this root stops here, naming this pid
     if marker.is_file() and marker.read_text().strip() != size_name:
         raise StepFailed(f"{out_root} holds a --size {marker.read_text().strip()} run; pass another "
                          f"--out for --size {size_name}, or delete {out_root}")
-    out_root.mkdir(parents=True, exist_ok=True)
     marker.write_text(size_name)
 
 
@@ -92,7 +94,7 @@ def print_summary(s: dict) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", choices=sorted(METHODS), default="rose")
     p.add_argument("--size", choices=sorted(SIZES), default="default")
     p.add_argument("--out", default="runs/main", help="output root (default runs/main)")
@@ -108,6 +110,8 @@ def main(argv=None) -> int:
     except StepFailed as e:
         log.error("%s", e)
         return 1
+    except UserError as e:
+        return report(e)
     print_summary(summary)
     return 0
 

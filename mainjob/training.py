@@ -13,6 +13,7 @@ import yaml
 
 from mainjob import proc
 from mainjob.settings import TENSOR_PARALLEL, Size, train_config
+from pvcommon.lifetime import loopback_rendezvous
 
 log = logging.getLogger("mainjob.training")
 
@@ -51,7 +52,7 @@ def train(out: Path, method: str, stages: tuple, size: Size, manifest: str, toke
                          f"model.vision_weights={tower}", f"log.run_dir={run_dir}"]
             if previous is not None:
                 overrides.append(f"train.init_from={previous}")
-            cmd = [Path(sys.executable).parent / "torchrun", "--standalone",
+            cmd = [Path(sys.executable).parent / "torchrun", *loopback_rendezvous(),
                    f"--nproc-per-node={TENSOR_PARALLEL}", "-m", "megatron_ext.train",
                    "--config", config, *overrides]
             wall = proc.run(cmd, out / "logs" / f"train-{stage}.log", f"train {stage}", echo=echo,

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from megatron_ext.hf.qwen2 import megatron_to_hf
+from pvcommon.errors import ArgumentParser, UsageError, run_cli
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -72,10 +73,14 @@ def _injection(lm, tokenizer) -> tuple[str, str, dict]:
 
 
 def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_processor,
-                 max_shard_size: str = "2GB", max_new_tokens: int = 64) -> Path:
+                 max_shard_size: str = "2GB", max_new_tokens: int = 64, overwrite: bool = False) -> Path:
     """Write a model built at TP=1, PP=1 with its weights loaded as a HF folder: a
     VisionLanguageModel around ROSE or VLoRA, or a VoRAModel, whose LoRA is merged into the base
-    weights first (in place: VoRA is exported merged, as the paper deploys it)."""
+    weights first (in place: VoRA is exported merged, as the paper deploys it). A non-empty
+    out_dir is refused unless overwrite (megatron_ext/export_dir.py)."""
+    from megatron_ext.export_dir import ExportTarget, check_target
+
+    check_target(out_dir, overwrite)
     from megatron_ext.vora import VoRAModel
     from huggingface_hub import save_torch_state_dict
     from transformers import GenerationConfig
@@ -97,8 +102,8 @@ def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_process
     hf_vocab = len(tokenizer)
     if hf_vocab > llm["vocab_size"]:
         raise ValueError(f"the tokenizer has {hf_vocab} ids but the model's vocabulary is {llm['vocab_size']}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    target = ExportTarget(out_dir, overwrite)
+    out = target.staging  # moved into out_dir by target.commit()
 
     state = megatron_to_hf(lm.language_model.state_dict(), lm.config, hf_vocab, prefix="language_model.")
     state.update({f"{generator_prefix}.{k}": v.detach().clone() for k, v in generator.state_dict().items()})
@@ -128,13 +133,14 @@ def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_process
     eos = tokenizer.eos_token_id
     GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id or eos,
                      max_new_tokens=max_new_tokens, do_sample=False).save_pretrained(out)
+    out = target.commit()
     log.info("exported %d tensors to %s", len(state), out)
     return out
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir: str | None = None,
                       image_processor_dir: str | None = None, vision_dir: str | None = None,
-                      max_shard_size: str = "2GB") -> Path:
+                      max_shard_size: str = "2GB", overwrite: bool = False) -> Path:
     """A training checkpoint (any TP/PP layout; dist checkpoints reshard on load) -> a HF folder.
 
     Rebuilds the run's model from its resolved config.yaml at TP=1, PP=1 in this process. A run
@@ -145,24 +151,33 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir
     from megatron_ext.parallel import init_parallel
     from megatron_ext.train import build_model
     from megatron_ext.training.checkpoint import latest, load_weights
+    from megatron_ext.export_dir import check_target
     from megatron_ext.training.config import load_config
 
+    check_target(out_dir, overwrite)  # before anything is loaded
+    for flag, value in (("--checkpoint", checkpoint), ("--tokenizer", tokenizer_dir),
+                        ("--image-processor", image_processor_dir), ("--vision", vision_dir)):
+        if value is not None and not Path(value).exists():
+            raise UsageError(f"{flag} {value}: no such file or directory")
     path = latest(Path(checkpoint))
     if path is None:
-        raise FileNotFoundError(f"no complete checkpoint under {checkpoint}")
+        raise UsageError(f"--checkpoint: no complete checkpoint under {checkpoint}")
     run_dir = next((p for p in (path.parent, path.parent.parent) if (p / "config.yaml").is_file()), None)
     if run_dir is None:
-        raise FileNotFoundError(f"no config.yaml beside {path} (a run directory holds the resolved config)")
+        raise UsageError(f"--checkpoint: no config.yaml beside {path} (a run directory holds the resolved config)")
     cfg = load_config(str(run_dir / "config.yaml"), ["parallel.tensor=1", "parallel.pipeline=1"])
     if cfg.model.method == "vora":  # the distillation teacher is not part of the model
         cfg.model.vision_weights = None
     tokenizer_dir = tokenizer_dir or (cfg.data.tokenizer if Path(cfg.data.tokenizer).is_dir() else None)
     if tokenizer_dir is None:
-        raise ValueError(f"the run tokenised with '{cfg.data.tokenizer}'; pass --tokenizer with a "
+        raise UsageError(f"the run tokenised with '{cfg.data.tokenizer}'; pass --tokenizer with a "
                          "Hugging Face tokenizer directory for the export")
     if cfg.model.method != "vora" and not (cfg.model.vision_weights or vision_dir):
-        raise ValueError("the run trained on precomputed visual features and has no vision tower "
+        raise UsageError("the run trained on precomputed visual features and has no vision tower "
                          "(model.vision_weights): pass --vision with the encoder they came from")
+    if cfg.data.kind == "synthetic" and not (image_processor_dir or vision_dir):
+        raise UsageError("pass --image-processor: a directory with the image processor's "
+                         "preprocessor_config.json")
     init_parallel(1, 1)
     preset, model = build_model(cfg, torch.float32)
     result = load_weights(path, model)
@@ -177,14 +192,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir
                                     train_vision=False)
     if cfg.data.kind != "synthetic":  # trained on pixels: export exactly the loader's preprocessing
         image_processor = training_image_processor(cfg, image_processor_dir)
-    elif image_processor_dir or vision_dir:  # trained on features: the encoder's own processor
+    else:  # trained on features: the encoder's own processor
         image_processor = AutoImageProcessor.from_pretrained(image_processor_dir or vision_dir)
-    else:
-        raise ValueError("pass --image-processor: a directory with the image processor's "
-                         "preprocessor_config.json")
     log.info("exporting %s (%s, step directory %s)", run_dir, cfg.model.method, path.name)
     return export_model(model, preset["llm"], out_dir, AutoTokenizer.from_pretrained(tokenizer_dir),
-                        image_processor, max_shard_size=max_shard_size)
+                        image_processor, max_shard_size=max_shard_size, overwrite=overwrite)
 
 
 def training_image_processor(cfg, given_dir: str | None = None):
@@ -212,9 +224,7 @@ def training_image_processor(cfg, given_dir: str | None = None):
 
 
 def main(argv=None) -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Export a training checkpoint to a Hugging Face folder "
+    ap = ArgumentParser(description="Export a training checkpoint to a Hugging Face folder "
                                              "(load with trust_remote_code=True).")
     ap.add_argument("--checkpoint", required=True, help="a run dir, its checkpoints/ dir or one step dir")
     ap.add_argument("--out", required=True, help="the folder to write")
@@ -223,10 +233,12 @@ def main(argv=None) -> None:
                                               "vision tower dir)")
     ap.add_argument("--vision", help="the encoder of a run trained on precomputed features")
     ap.add_argument("--max-shard-size", default="2GB")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="write into a non-empty --out: replaces the files an export writes, keeps others")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    out = export_checkpoint(args.checkpoint, args.out, args.tokenizer, args.image_processor,
-                            args.vision, args.max_shard_size)
+    out = run_cli(export_checkpoint, args.checkpoint, args.out, args.tokenizer, args.image_processor,
+                  args.vision, args.max_shard_size, args.overwrite)
     print(f"exported to {out}: AutoModelForCausalLM.from_pretrained('{out}', trust_remote_code=True)")
 
 

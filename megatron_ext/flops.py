@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from pvcommon.errors import ArgumentParser
+
 # LLM and vision-encoder shapes for the presets the papers use.
 LLMS = {
     "qwen2.5-7b": dict(hidden=3584, layers=28, heads=28, kv_heads=4, head_dim=128, ffn=18944,
@@ -149,7 +151,7 @@ def peak_flops(device_name: str) -> float | None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llm", choices=sorted(LLMS), default="qwen2.5-7b")
     ap.add_argument("--method", choices=METHODS, default="rose")
     ap.add_argument("--visual-tokens", type=int, default=729)
@@ -158,6 +160,9 @@ def main(argv=None) -> None:
     ap.add_argument("--no-lm-head", action="store_true", help="decoder blocks only (the VLoRA table)")
     ap.add_argument("--training", action="store_true", help="forward + backward (3x forward)")
     args = ap.parse_args(argv)
+    if args.visual_tokens < 0 or args.text_tokens < 1:
+        ap.error(f"--visual-tokens ({args.visual_tokens}) must be >= 0 and --text-tokens "
+                 f"({args.text_tokens}) >= 1")
     parts = breakdown(args.llm, args.method, args.visual_tokens, args.text_tokens, args.vision,
                       lm_head=not args.no_lm_head)
     scale = 3.0 if args.training else 1.0

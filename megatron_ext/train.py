@@ -23,6 +23,7 @@ import torch.distributed as dist
 import yaml
 
 from megatron_ext.training.config import ConfigError, TrainConfig, load_config, num_microbatches, validate
+from pvcommon.errors import ArgumentParser
 
 log = logging.getLogger("train")
 
@@ -170,12 +171,14 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     from megatron_ext.training.metrics import Metrics, peak_memory_gib
     from megatron_ext.training.step import NonFiniteLoss, train_step
 
-    import importlib.util
-    if importlib.util.find_spec("psutil") is None:  # dist_checkpointing's writer imports it late
-        raise ConfigError("megatron.core.dist_checkpointing needs psutil to save: pip install psutil")
+    from megatron_ext.training import preflight
+
+    # main() ran these before the process group started; a caller of run() gets them here
+    dp = preflight.check(cfg, int(os.environ.get("WORLD_SIZE", "1")) if not dist.is_initialized()
+                         else dist.get_world_size())
     on_cpu = megatron_cpu.install()
     init_parallel(cfg.parallel.tensor, cfg.parallel.pipeline, cfg.train.seed)
-    dp = validate(cfg, dist.get_world_size())
+    validate(cfg, dist.get_world_size())
     rank0 = dist.get_rank() == 0
     run_dir = Path(cfg.log.run_dir)
     ckpt_root = run_dir / "checkpoints"
@@ -316,26 +319,37 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Config, overrides and every check that needs no process group run first; a mistake is one
+    line (rank 0) and exit 2 (config) or 1 (data) on every rank, before anything is built."""
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="configs/train/<stage>.yaml")
     ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=10")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         stream=sys.stdout)
     os.environ.setdefault("WANDB_MODE", "offline")
-    from megatron_ext.parallel import shutdown
+    from megatron_ext.training import preflight
     from megatron_ext.training.step import NonFiniteLoss
+    from pvcommon import lifetime
+    from pvcommon.errors import UserError, is_rank0, report
+    from pvcommon.runlock import lock_run_dir
 
+    if lifetime.launched_by_torchrun():  # a killed torchrun takes this worker and its writers along
+        lifetime.die_with_launcher()
     try:
         cfg = load_config(args.config, args.overrides)
+        preflight.check(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+        if is_rank0():  # one holder per run directory; other ranks follow rank 0's outcome
+            lock_run_dir(cfg.log.run_dir, "log.run_dir")
         run(cfg)
-    except ConfigError as e:
-        log.error("config error: %s", e)
-        return 2
+    except UserError as e:
+        return report(e)
     except NonFiniteLoss:
         return 3
     finally:
-        shutdown()
+        if dist.is_initialized():
+            from megatron_ext.parallel import shutdown
+            shutdown()
     return 0
 
 

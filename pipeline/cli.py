@@ -9,7 +9,7 @@ import os
 import sys
 
 from pipeline import config as config_mod
-from pvcommon.errors import DataError, UserError, report
+from pvcommon.errors import ArgumentParser, DataError, UserError, report
 from pvcommon.runlock import lock_run_dir
 
 
@@ -19,7 +19,7 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config (see configs/data/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set recaption.batch_size=16 (repeatable)")

@@ -46,3 +46,24 @@ def die_with_launcher() -> bool:
 
 def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def child_dies_with_me() -> None:
+    """preexec_fn for subprocess.Popen: the child gets SIGTERM when this process dies (torchrun
+    then stops its workers itself)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def loopback_rendezvous() -> list:
+    """torchrun arguments for a single-node run whose rendezvous clients use 127.0.0.1 (instead of
+    --standalone's name lookup of localhost). Note: torch's TCPStore server still listens on
+    every interface (measured, torch 2.13); see README "Security"."""
+    import socket
+    import uuid
+
+    with socket.socket() as s:  # a free port; the tiny race with another binder is acceptable here
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return ["--nnodes=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+            f"--rdzv-id={uuid.uuid4().hex}"]

@@ -69,12 +69,22 @@ class ShardDataset:
             raise ValueError(f"{manifest}: not a training-shard manifest (pipeline/shard.py writes one)")
         root = self.manifest_path.parent
         self.items = []  # (tar path, member map)
+        self.unreadable = []  # (tar, samples the manifest lists in it): skipped, named once
         for entry in m["shards"]:
             tar = root / entry["tar"]
-            members = index_tar(tar)
+            try:
+                members = index_tar(tar)
+            except (tarfile.TarError, OSError) as e:  # not a tar, cut in half, unreadable
+                log.warning("%s: unreadable shard (%s); its %d samples are skipped", tar, e, entry["samples"])
+                self.unreadable.append((str(tar), entry["samples"]))
+                continue
             if len(members) != entry["samples"]:
                 log.warning("%s: %d samples, the manifest says %d", tar, len(members), entry["samples"])
             self.items += [(tar, fields) for _, fields in members]
+        if not self.items:
+            from pvcommon.errors import DataError
+            raise DataError(f"data.manifest={manifest}: none of its {len(m['shards'])} shards is readable, "
+                            f"e.g. {self.unreadable[0][0] if self.unreadable else '-'}; rerun pipeline/shard.py")
         self.tok, self.prompt, self.seq, self.size = tokenizer, prompt, seq_length, image_size
         self.image_tokens = image_tokens  # VoRA: image placeholders before the text
         log.info("shards: %d samples in %d tars from %s", len(self.items), len(m["shards"]), manifest)

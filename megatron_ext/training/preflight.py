@@ -1,0 +1,90 @@
+"""Everything about a training run that can be checked before a process group, a model or a
+loader exists: the config against the world size (batch, TP x PP), the method's settings against
+TP/PP (rose.blocks % TP...), the paths the run reads (weights, tokenizer, init_from) and the
+manifest (exists, lists samples). A mistake found here is one line on rank 0 and exit 2 (config)
+or 1 (data) on every rank, instead of a traceback after the model is built."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from megatron_ext.training.config import ConfigError, TrainConfig, validate
+from pvcommon.errors import DataError
+
+
+def _preset(cfg: TrainConfig) -> dict:
+    from megatron_ext.methods import resolve_preset
+
+    try:
+        return resolve_preset(cfg.model.preset)
+    except FileNotFoundError:
+        raise ConfigError(f"model.preset={cfg.model.preset}: no such preset (a name under "
+                          f"configs/model/ or a YAML path)") from None
+
+
+def _method_settings(cfg: TrainConfig, preset: dict) -> None:
+    """The method's own start-up validation (e.g. ROSE's blocks against TP), run on a
+    TransformerConfig of the run's TP/PP sizes instead of inside the model's constructor."""
+    import torch
+
+    from megatron_ext import presets
+    from megatron_ext.llm_config import qwen2_transformer_config
+
+    settings = getattr(presets, f"{cfg.model.method}_config", None)  # the method's preset reader
+    if settings is None:
+        return
+    try:
+        tcfg = qwen2_transformer_config(preset["llm"], cfg.parallel.tensor, cfg.parallel.pipeline,
+                                        torch.float32, **preset.get("transformer", {}))
+        settings(preset).validate(tcfg)
+    except (ValueError, TypeError, AssertionError) as e:
+        raise ConfigError(f"model.preset={cfg.model.preset} with parallel.tensor={cfg.parallel.tensor}, "
+                          f"parallel.pipeline={cfg.parallel.pipeline}: {e}") from None
+
+
+def _paths(cfg: TrainConfig) -> None:
+    m, d = cfg.model, cfg.data
+    for key, value in (("model.llm_weights", m.llm_weights), ("model.vision_weights", m.vision_weights)):
+        if value and not Path(value).is_dir():
+            raise ConfigError(f"{key}={value}: no such directory (a local Hugging Face model folder)")
+    if d.tokenizer != "bytes" and not Path(d.tokenizer).is_dir():
+        raise ConfigError(f"data.tokenizer={d.tokenizer}: no such directory (a local tokenizer "
+                          f"folder, or 'bytes')")
+    if cfg.train.init_from and not Path(cfg.train.init_from).exists():
+        raise ConfigError(f"train.init_from={cfg.train.init_from}: no such checkpoint or run directory")
+    if importlib.util.find_spec("psutil") is None:  # dist_checkpointing's writer imports it late
+        raise ConfigError("megatron.core.dist_checkpointing needs psutil to save: pip install psutil")
+
+
+def check_manifest(path: str) -> int:
+    """-> samples the manifest lists; a missing, unreadable or empty one is a DataError."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data.manifest={path}: not found (pipeline/shard.py writes "
+                        f"<output_dir>/40_shards/manifest.json)")
+    try:
+        m = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"data.manifest={path}: not valid JSON ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != "webdataset" or not isinstance(m.get("shards"), list):
+        raise DataError(f"data.manifest={path}: not a training-shard manifest (pipeline/shard.py writes one)")
+    samples = sum(int(e.get("samples", 0)) for e in m["shards"])
+    if samples == 0:
+        raise DataError(f"data.manifest={path}: lists 0 samples; the pipeline kept nothing (see its "
+                        f"summary.json) or the shard stage has not run")
+    missing = [e["tar"] for e in m["shards"] if not (p.parent / e["tar"]).is_file()]
+    if missing:
+        raise DataError(f"data.manifest={path}: {len(missing)} listed shard(s) missing beside it, "
+                        f"e.g. {missing[0]}")
+    return samples
+
+
+def check(cfg: TrainConfig, world_size: int) -> int:
+    """All checks that need no process group; returns the data-parallel size."""
+    dp = validate(cfg, world_size)
+    _paths(cfg)
+    if cfg.data.kind != "synthetic":
+        check_manifest(cfg.data.manifest)
+    _method_settings(cfg, _preset(cfg))  # last: the only check that imports Megatron
+    return dp
