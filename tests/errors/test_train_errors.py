@@ -135,3 +135,27 @@ def test_unreadable_shards_are_skipped_and_named(tmp_path, caplog):
     only_junk = _manifest(tmp_path, [{"tar": "junk.tar", "samples": 5}])
     with pytest.raises(DataError, match=r"none of its 1 shards is readable, e.g. .*junk.tar"):
         ShardDataset(str(only_junk), ByteTokenizer(), "", 16, 8)
+
+
+@pytest.mark.multiproc
+def test_typo_under_torchrun_is_one_line_from_rank0(tmp_path):
+    """Both workers exit 2 before any process group; the user sees rank 0's line once (torchrun's
+    own failure report follows it)."""
+    import os
+    from pathlib import Path
+
+    from pvcommon.lifetime import loopback_rendezvous
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    r = subprocess.run([str(torchrun), *loopback_rendezvous(), "--nproc-per-node=2", "-m", "megatron_ext.train",
+                        "--config", str(TINY), f"log.run_dir={tmp_path}/run", "train.stepz=3"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    line = "config error: train: unknown key(s) ['stepz']"
+    assert r.returncode != 0
+    assert (r.stdout + r.stderr).count(line) == 1, r.stderr[-3000:]
+    # torchrun's own ChildFailedError report (its traceback, then the failures) comes after our line
+    err = r.stderr
+    assert err.index(line) < err.index("ChildFailedError") and err.count("Traceback") <= 1
+    assert "exitcode  : 2" in err
+    assert not (tmp_path / "run").exists()
