@@ -28,7 +28,8 @@ def held_out_image(path: Path):
 def export(out: Path, run_dir: str, tokenizer: Path, echo: bool = True) -> tuple[Path, float]:
     hf_dir = out / "hf"
     wall = proc.run([sys.executable, "-m", "megatron_ext.export", "--checkpoint", run_dir, "--out", hf_dir,
-                     "--tokenizer", tokenizer], out / "logs" / "export.log", "export", echo=echo)
+                     "--tokenizer", tokenizer, "--overwrite"],  # its own folder: a rerun refreshes it
+                    out / "logs" / "export.log", "export", echo=echo)
     return hf_dir, wall
 
 

@@ -39,7 +39,7 @@ def test_unreachable_ray_address(cfg_file):
 
 def test_missing_captioner_checkpoint(cfg_file):
     r = _run(["pipeline/recaption.py", "--config", cfg_file(), "--set", "recaption.model=/no/such/qwen"])
-    assert r.returncode == 1
+    assert r.returncode == 2  # a config value to change (issue 15: 2 for config, 1 for data)
     assert "error: recaption.model: captioner checkpoint directory not found: '/no/such/qwen'" in r.stderr
 
 
