@@ -39,3 +39,22 @@ def assert_one_line(code, stderr: str, want_code: int, want_line: str) -> str:
 def run_py(args, timeout=300, env=None, cwd=ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([PY, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
+
+
+class LockHolder:
+    """Another process holding `path`'s run lock (pvcommon/runlock.py) until the block ends."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([PY, "-c", (
+            "import sys, time; sys.path.insert(0, sys.argv[1]); from pvcommon.runlock import lock_run_dir; "
+            "lock_run_dir(sys.argv[2]); print('locked', flush=True); time.sleep(120)"), str(ROOT), self.path],
+            stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "locked"
+        return self.proc
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()

@@ -98,22 +98,12 @@ def test_flops_mistake(capsys, argv, line):
 def test_main_job_on_a_held_out_root(tmp_path, capsys):
     """A second main job on the same --out stops before any step, naming the first one's pid."""
     import os
-    import subprocess
-    import sys
 
-    from errors_helpers import ROOT
+    from errors_helpers import LockHolder
     from mainjob.run import main
 
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from pvcommon.runlock import lock_run_dir; "
-        "lock_run_dir(sys.argv[2]); print('locked', flush=True); time.sleep(60)"), str(ROOT),
-        str(tmp_path / "main")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with LockHolder(tmp_path / "main") as holder:
         got = main(["--out", str(tmp_path / "main"), "--size", "smallest"])
         assert_one_line(got, capsys.readouterr().err, 2,
                         f"error: --out {tmp_path}/main is in use by another run (pid {holder.pid})")
         assert os.listdir(tmp_path / "main") == [".paramvision.lock"]
-    finally:
-        holder.kill()
-        holder.wait()

@@ -1,14 +1,12 @@
 """Every pipeline mistake of issue 15: one line, exit 2 (config/usage) or 1 (data), no traceback,
 nothing that existed changed, and nothing downloaded before the mistake was found."""
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 
-from errors_helpers import ROOT, assert_one_line, changed, snapshot
+from errors_helpers import ROOT, LockHolder, assert_one_line, changed, snapshot
 
 
 def _config(tmp_path, **top):
@@ -85,20 +83,12 @@ def test_pipeline_mistake(tmp_path, capsys, make, code, line):
 def test_second_run_on_the_same_output_dir_names_the_holder(tmp_path, capsys):
     """A run holding output_dir (here a process that took the lock) stops a second one at once."""
     cfg = _config(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from pvcommon.runlock import lock_run_dir; "
-        "lock_run_dir(sys.argv[2]); print('locked', flush=True); time.sleep(60)"), str(ROOT),
-        str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with LockHolder(tmp_path / "run") as holder:
         before = snapshot(tmp_path)
         got, err = _main(capsys, ["--config", str(cfg), "--stages", "download"])
         assert_one_line(got, err, 2, f"error: output_dir {tmp_path}/run is in use by another run "
                                      f"(pid {holder.pid})")
         assert changed(before) == []
-    finally:
-        holder.kill()
-        holder.wait()
     t0 = time.time()  # the kernel dropped the dead holder's lock: the next run may take it
     from pvcommon.runlock import lock_run_dir, release
     lock_run_dir(tmp_path / "run")

@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from errors_helpers import ROOT, assert_one_line, changed, snapshot
+from errors_helpers import ROOT, LockHolder, assert_one_line, changed, snapshot
 
 TINY = ROOT / "configs" / "train" / "s1-rose-tiny.yaml"
 
@@ -83,12 +83,7 @@ def test_only_rank0_speaks(tmp_path, capsys, monkeypatch):
 def test_second_run_on_a_run_dir_names_the_holder(tmp_path, capsys, monkeypatch):
     from megatron_ext.train import main
 
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from pvcommon.runlock import lock_run_dir; "
-        "lock_run_dir(sys.argv[2]); print('locked', flush=True); time.sleep(60)"), str(ROOT),
-        str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with LockHolder(tmp_path / "run") as holder:
         monkeypatch.delenv("RANK", raising=False)
         monkeypatch.delenv("WORLD_SIZE", raising=False)
         before = snapshot(tmp_path)
@@ -96,9 +91,6 @@ def test_second_run_on_a_run_dir_names_the_holder(tmp_path, capsys, monkeypatch)
         assert_one_line(got, capsys.readouterr().err, 2,
                         f"error: log.run_dir {tmp_path}/run is in use by another run (pid {holder.pid})")
         assert changed(before) == [] and not (tmp_path / "run" / "config.yaml").exists()
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_unreadable_shards_are_skipped_and_named(tmp_path, caplog):
