@@ -24,6 +24,7 @@ import yaml
 
 from megatron_ext.training.config import ConfigError, TrainConfig, load_config, num_microbatches, validate
 from pvcommon.errors import ArgumentParser
+from pvcommon import lifetime  # at import: a writer a worker spawns takes its guard
 
 log = logging.getLogger("train")
 
@@ -330,7 +331,6 @@ def main(argv=None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")
     from megatron_ext.training import preflight
     from megatron_ext.training.step import NonFiniteLoss
-    from pvcommon import lifetime
     from pvcommon.errors import UserError, is_rank0, report
     from pvcommon.runlock import lock_run_dir
 

@@ -1,7 +1,9 @@
 """Workers die with their launcher. A torchrun worker asks the kernel for SIGKILL when its parent
-(the launcher) dies (prctl PR_SET_PDEATHSIG), and so does every child it forks afterwards
-(Megatron's checkpoint writers are forked): a killed launcher or worker leaves nothing running
-that could finish a checkpoint alone or race a rerun."""
+(the launcher) dies (prctl PR_SET_PDEATHSIG), and so do its children: those it forks (an at-fork
+hook) and those multiprocessing spawns (Megatron's checkpoint writers: a spawned child imports
+the worker's main module, megatron_ext.train, which imports this module, and the environment
+names the guarded parent). A killed launcher or worker leaves nothing running that could finish
+a checkpoint alone or race a rerun."""
 from __future__ import annotations
 
 import ctypes
@@ -10,6 +12,7 @@ import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
+GUARDED_PARENT = "PARAMVISION_GUARDED_PARENT"  # pid of a process whose children die with it
 _installed = False
 
 
@@ -39,9 +42,20 @@ def die_with_launcher() -> bool:
         return True
     _die_with_parent(os.getppid())
     me = os.getpid()
+    os.environ[GUARDED_PARENT] = str(me)
     os.register_at_fork(after_in_child=lambda: _forked_child(me) if os.getppid() == me else None)
     _installed = True
     return True
+
+
+def _spawned_child_of_guarded_parent() -> None:
+    """At import: a child spawned (fork + exec) by a guarded worker takes the guard too."""
+    owner = os.environ.get(GUARDED_PARENT, "")
+    if sys.platform.startswith("linux") and owner.isdigit() and int(owner) == os.getppid():
+        _forked_child(int(owner))
+
+
+_spawned_child_of_guarded_parent()
 
 
 def launched_by_torchrun() -> bool:

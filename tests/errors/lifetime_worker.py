@@ -1,6 +1,6 @@
 """A stand-in for a torchrun worker (tests/errors/test_lifetime.py): takes the same guard as
-megatron_ext.train's main(), forks a child the way Megatron's checkpoint writer does
-(multiprocessing 'fork'), writes both pids, then waits to be killed."""
+megatron_ext.train's main(), starts two children the ways Megatron's checkpoint writers are
+started (multiprocessing 'fork' and 'spawn'), writes the pids, then waits to be killed."""
 import multiprocessing as mp
 import os
 import sys
@@ -22,8 +22,10 @@ if __name__ == "__main__":
     if os.environ.get("NO_GUARD") != "1" and lifetime.launched_by_torchrun():
         lifetime.die_with_launcher()
     rank = os.environ.get("RANK", "0")
-    child = mp.get_context("fork").Process(target=writer, args=(f"{out}/writer-{rank}.pid",))
-    child.start()
+    children = [mp.get_context("fork").Process(target=writer, args=(f"{out}/writer-{rank}.pid",)),
+                mp.get_context("spawn").Process(target=writer, args=(f"{out}/spawned-{rank}.pid",))]
+    for child in children:
+        child.start()
     with open(f"{out}/worker-{rank}.pid", "w") as f:
         f.write(str(os.getpid()))
     time.sleep(120)
