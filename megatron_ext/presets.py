@@ -31,6 +31,11 @@ def load_preset(name_or_path: str) -> dict:
     return preset
 
 
+def resolve_preset(preset) -> dict:
+    """A preset dict, a name under configs/model ('qwen2.5-7b-vora') or a path to a YAML file."""
+    return preset if isinstance(preset, dict) else load_preset(str(preset))
+
+
 def _merged(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():

@@ -5,7 +5,8 @@ import torch
 
 from lora_helpers import VLORA, load_base, plain_gpt, vlora_inputs
 from megatron_ext.lora import low_rank_layers
-from megatron_ext.methods import BaseLLM, build_model, resolve_preset
+from megatron_ext.methods import build_model, resolve_preset
+from megatron_ext.methods.none import BaseLLM
 from megatron_ext.model import ROSEModel
 from megatron_ext.vlora import VLoRAModel
 from megatron_ext.vora import VoRAModel
