@@ -14,7 +14,7 @@ import torch
 from megatron_ext.methods import none, rose, vlora, vora
 from megatron_ext.methods.registry import get_method, method_names, register_method
 from megatron_ext.methods.spec import HFExport, MethodSpec
-from megatron_ext.presets import resolve_preset
+from megatron_ext.core.presets import resolve_preset
 
 register_method(rose.SPEC)
 register_method(vlora.SPEC)

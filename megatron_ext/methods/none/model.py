@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from megatron_ext.llm_config import gpt_model_kwargs, preset_transformer_config
-from megatron_ext.model import InjectedGPTModel
+from megatron_ext.core.injected import InjectedGPTModel
+from megatron_ext.core.llm_config import gpt_model_kwargs, preset_transformer_config
 
 
 class BaseLLM(InjectedGPTModel):
     """The base LLM with nothing injected (method "none"); visual inputs are ignored."""
+
+    method = "none"  # its MethodSpec in the registry
 
     def __init__(self, config, vocab_size: int, max_sequence_length: int, **kwargs):
         super().__init__(config, [], vocab_size, max_sequence_length, **kwargs)
