@@ -28,16 +28,20 @@ def _method_settings(cfg: TrainConfig, preset: dict) -> None:
     TransformerConfig of the run's TP/PP sizes instead of inside the model's constructor."""
     import torch
 
-    from megatron_ext import presets
-    from megatron_ext.llm_config import qwen2_transformer_config
+    from megatron_ext.core.llm_config import qwen2_transformer_config
+    from megatron_ext.methods import get_method
 
-    settings = getattr(presets, f"{cfg.model.method}_config", None)  # the method's preset reader
-    if settings is None:
-        return
     try:
+        spec = get_method(cfg.model.method)
+    except ValueError as e:
+        raise ConfigError(f"model.method: {e}") from None
+    try:
+        settings = spec.config(preset)  # the method's settings from the preset (None: nothing to check)
+        if settings is None or not hasattr(settings, "validate"):
+            return
         tcfg = qwen2_transformer_config(preset["llm"], cfg.parallel.tensor, cfg.parallel.pipeline,
                                         torch.float32, **preset.get("transformer", {}))
-        settings(preset).validate(tcfg)
+        settings.validate(tcfg)
     except (ValueError, TypeError, AssertionError) as e:
         raise ConfigError(f"model.preset={cfg.model.preset} with parallel.tensor={cfg.parallel.tensor}, "
                           f"parallel.pipeline={cfg.parallel.pipeline}: {e}") from None
