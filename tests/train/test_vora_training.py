@@ -240,6 +240,8 @@ def test_vora_config_errors_are_clear(tmp_path):
     assert "distils its blocks from a ViT teacher" in check()
     assert "not a multiple of VoRA's 4-pixel patch" in check("data.image_size=18", "model.vision_weights=x")
     assert "data.kind=webdataset|dali" in check("data.kind=synthetic")
+    (tmp_path / "p.yaml").write_text("base: tiny-vora\nvora: {distill_layers: [], embedding_from_teacher: true}\n")
+    assert "vora.distill_layers is empty" in check(f"model.preset={tmp_path}/p.yaml", "model.vision_weights=x")
 
 
 def test_dali_batches_carry_vora_image_tokens(tmp_path):
