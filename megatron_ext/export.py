@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from huggingface_hub import save_torch_state_dict
 from megatron.core import parallel_state
-from transformers import AutoImageProcessor, AutoTokenizer, GenerationConfig, SiglipImageProcessorPil
+from transformers import (AutoImageProcessor, AutoTokenizer, GenerationConfig, Qwen2Config,
+                          SiglipImageProcessorPil)
 
 from megatron_ext.core.vlm import VisionLanguageModel
 from megatron_ext.data.loader import pixel_stats
@@ -43,8 +44,6 @@ AUTO_MAP = {"AutoConfig": "configuration_paramvision.ParamVisionConfig",
 
 
 def qwen2_text_config(llm: dict, hf_vocab_size: int, dtype: str = "float32"):
-    from transformers import Qwen2Config
-
     heads = llm["num_attention_heads"]
     return Qwen2Config(
         hidden_size=llm["hidden_size"], intermediate_size=llm["ffn_hidden_size"],

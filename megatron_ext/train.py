@@ -109,7 +109,7 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
                      info["loaded"], info["kept_at_init"] or "none")
     elif resume_from is None and cfg.model.llm_weights:
         from megatron_ext.hf.qwen2 import load_qwen2
-        load_qwen2(getattr(model, "lm", model).language_model, cfg.model.llm_weights)
+        load_qwen2(model.injected.language_model, cfg.model.llm_weights)
 
     ddp = optim.wrap_ddp(model, cfg)
     optimizer = optim.build_optimizer(ddp, cfg, dtype)

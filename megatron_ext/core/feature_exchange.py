@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
 
 _groups: dict = {}
 
@@ -21,8 +22,6 @@ _groups: dict = {}
 def feature_group():
     """This rank's pipeline group, duplicated for the feature traffic. The first call is collective
     over all ranks, so make it at model construction, never inside a pipeline schedule."""
-    from megatron.core import parallel_state
-
     pp = parallel_state.get_pipeline_model_parallel_group()
     key = tuple(dist.get_process_group_ranks(pp))
     if key not in _groups:

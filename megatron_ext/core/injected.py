@@ -66,7 +66,16 @@ class InjectedGPTModel(MegatronModule):
         with self.conditioning.use(self.conditioning_for(visual_features)):
             return self.language_model(input_ids, position_ids, attention_mask, labels=labels, **kwargs)
 
-    # -- what the training step asks of every model (training/step.py, training/grads.py) --------
+    # -- what the training loop asks of every model (train.py, training/*) ----------------------
+    @property
+    def injected(self) -> "InjectedGPTModel":
+        """The InjectedGPTModel itself (a wrapper around one answers with its own)."""
+        return self
+
+    def generator_parameters(self) -> list:
+        """The parameters of the "generator" group (VLoRA adds its W_s, which live in the LLM's linears)."""
+        return list(self.generator.parameters()) if self.generator is not None else []
+
     def pipeline_replicated_parameters(self) -> list:
         """Parameters every pipeline stage holds a replica of, each stage's gradient partial (VLoRA's
         generator); training/grads.py sums their gradients over the pipeline group."""

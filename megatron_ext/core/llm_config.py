@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.transformer.transformer_config import TransformerConfig
 
 
 def qwen2_transformer_config(llm: dict, tensor_parallel: int = 1, pipeline_parallel: int = 1,
                              dtype: torch.dtype = torch.float32, **overrides):
     """llm: num_layers, hidden_size, ffn_hidden_size, num_attention_heads, num_query_groups,
     and optionally kv_channels, norm_eps. Other TransformerConfig fields go in overrides."""
-    from megatron.core.transformer.transformer_config import TransformerConfig
-
     on_gpu = torch.cuda.is_available()
     kwargs = dict(
         num_layers=llm["num_layers"], hidden_size=llm["hidden_size"],
@@ -44,8 +44,6 @@ def preset_transformer_config(preset: dict, dtype: torch.dtype = torch.float32,
                               config_overrides: dict | None = None):
     """The TransformerConfig of a preset for this process's TP/PP sizes: the llm section, then the
     preset's optional `transformer:` overrides, then the caller's."""
-    from megatron.core import parallel_state
-
     overrides = dict(preset.get("transformer", {}))
     overrides.update(config_overrides or {})
     return qwen2_transformer_config(

@@ -26,6 +26,11 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import (copy_to_tensor_model_parallel_region,
+                                           reduce_from_tensor_model_parallel_region)
+from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+from megatron.core.utils import make_tp_sharded_tensor_for_checkpoint
 
 from megatron_ext.core.context import ConditionedLayer, ConditioningContext
 from megatron_ext.core.fused_layout import fuse, fused_parts, interleave_groups
@@ -33,8 +38,6 @@ from megatron_ext.core.fused_layout import fuse, fused_parts, interleave_groups
 
 def tp_mark(param: nn.Parameter, dim: Optional[int]) -> nn.Parameter:
     """Megatron's partition attributes (read by checkpointing, grad-norm and layout.shard_for_rank)."""
-    from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
-
     if dim is None:
         param.tensor_model_parallel = False
     else:
@@ -53,8 +56,6 @@ class LowRankMixin(ConditionedLayer):
 
     def _init_low_rank(self, parallel: str, layer_number: int, rank: int, alpha: Optional[float],
                        tp_comm_buffer_name: str, tp_group, adapted: Optional[Sequence[str]]) -> None:
-        from megatron.core import parallel_state
-
         self.parallel = parallel
         self.layer_number = layer_number
         self.rank = rank
@@ -85,9 +86,6 @@ class LowRankMixin(ConditionedLayer):
         raise NotImplementedError
 
     def low_rank_delta(self, x: torch.Tensor) -> torch.Tensor:
-        from megatron.core.tensor_parallel import (copy_to_tensor_model_parallel_region,
-                                                   reduce_from_tensor_model_parallel_region)
-
         A = self.lora_A().to(x.dtype)
         xa = x @ A if A.dim() == 2 else torch.einsum("sbi,bir->sbr", x, A)  # x: (s, b, in_local)
         if self.tp_group.size() > 1:
@@ -135,9 +133,6 @@ class LowRankMixin(ConditionedLayer):
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None):
         """The base's distributed-checkpoint entries, with TP-sharded adapters marked as such (the
         base treats every extra tensor as replicated)."""
-        from megatron.core import parallel_state
-        from megatron.core.utils import make_tp_sharded_tensor_for_checkpoint
-
         sd = super().sharded_state_dict(prefix, sharded_offsets, metadata)
         dp = (metadata or {}).get("dp_cp_group") or parallel_state.get_data_parallel_group(
             with_context_parallel=True)

@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.transformer.module import MegatronModule
-
 from megatron_ext.core import feature_exchange
 from megatron_ext.core.specs import stage_layers
+from megatron_ext.core.wrapper import LLMWrapper
 from megatron_ext.vision_tower import VisionTower
 
 
-class VisionLanguageModel(MegatronModule):
+class VisionLanguageModel(LLMWrapper):
     def __init__(self, lm, vision: VisionTower | None, equipped_layers: list[int], train_vision: bool):
-        super().__init__(lm.config)
-        self.lm = lm
-        self.model_type = lm.model_type
-        self.stage = parallel_state.get_pipeline_model_parallel_rank()
+        super().__init__(lm)
         pp = parallel_state.get_pipeline_model_parallel_world_size()
         if (self.stage == 0) != (vision is not None):
             raise ValueError("the vision tower belongs on the first pipeline stage, and only there")
@@ -38,23 +34,6 @@ class VisionLanguageModel(MegatronModule):
         if self.consumers:
             # collective: every rank builds the model, while inside the schedule only stage pairs talk
             feature_exchange.feature_group()
-
-    def set_input_tensor(self, input_tensor) -> None:
-        self.lm.set_input_tensor(input_tensor)
-
-    # -- the training step's protocol (core/injected.py), answered by the LLM -------------------
-    @property
-    def method(self) -> str:
-        return self.lm.method
-
-    def pipeline_replicated_parameters(self) -> list:
-        return self.lm.pipeline_replicated_parameters()
-
-    def begin_step(self, aux_loss_scale: float) -> None:
-        self.lm.begin_step(aux_loss_scale)
-
-    def stage_aux_loss(self) -> float | None:
-        return self.lm.stage_aux_loss()
 
     def encode(self, pixel_values: torch.Tensor, **vision_inputs) -> torch.Tensor:
         with torch.set_grad_enabled(self.train_vision and torch.is_grad_enabled()):

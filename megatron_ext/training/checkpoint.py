@@ -58,7 +58,7 @@ def _ranks():
 def _model_state(model) -> dict:
     _, pp, _, _ = _ranks()
     sd = per_layer(model.sharded_state_dict())
-    if hasattr(model, "lm"):  # VisionLanguageModel
+    if model.injected is not model:  # a wrapper (VisionLanguageModel): its keys start "lm."
         sd = strip_wrapper_prefix(sd)
     return mark_pipeline_replicas(sd, pipeline_replicated_params(model, trainable_only=False), pp)
 

@@ -24,7 +24,7 @@ def make_finalize(model):
     replicated = pipeline_replicated_params(model)
     # finalize_model_grads looks for tied word embeddings on the outermost module with
     # `pre_process` (our wrapper, not the GPTModel inside): answer for the GPTModel
-    inner = getattr(model, "lm", model)  # a VisionLanguageModel wraps the injected LLM
+    inner = model.injected  # a VisionLanguageModel wraps the injected LLM
     lm = getattr(inner, "language_model", None)
     if lm is not None and not hasattr(model, "share_embeddings_and_output_weights"):
         if not hasattr(model, "pre_process"):

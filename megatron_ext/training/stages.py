@@ -42,8 +42,7 @@ def parameter_groups(model: torch.nn.Module) -> dict[str, list[tuple[str, torch.
             groups.setdefault(group, []).extend((by_id[id(p)], p) for p in params)
         return groups
     # VLoRA's W_s lives in the LLM's linears but belongs to the generator
-    owner = getattr(model, "lm", model)
-    generator_ids = {id(p) for p in owner.generator_parameters()} if hasattr(owner, "generator_parameters") else set()
+    generator_ids = {id(p) for p in model.injected.generator_parameters()}
     tower = getattr(model, "vision", None)
     unused = {f"vision.model.{n}" for n in getattr(tower, "unused", ())}
     for name, p in named:

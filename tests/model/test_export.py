@@ -13,7 +13,8 @@ pytestmark = pytest.mark.usefixtures("megatron_single_process")
 IMAGE = 32
 
 
-@pytest.fixture(scope="module", params=["rose", "vlora"])
+# vlora-positional: the authors' learnable positions of the visual tokens (vlora.positional_tokens)
+@pytest.fixture(scope="module", params=["rose", "vlora", "vlora-positional"])
 def exported(request, tmp_path_factory):
     from transformers import SiglipImageProcessorPil, SiglipVisionConfig
 
@@ -25,9 +26,11 @@ def exported(request, tmp_path_factory):
     from rose_helpers import randomize_generator
 
     tokenizer = build_tokenizer()
-    method = request.param
+    method = request.param.split("-")[0]
     preset = json.loads(json.dumps(resolve_preset("tiny" if method == "rose" else "tiny-vlora")))
     preset["llm"]["vocab_size"] = 151680  # the real Qwen2.5 vocabulary, padded to a multiple of 128
+    if request.param.endswith("positional"):
+        preset["vlora"]["positional_tokens"] = (IMAGE // 8) ** 2  # the tower's 8-px patches
     torch.manual_seed(0)
     lm = build_model(preset, method=method, backend="local")
     if method == "rose":
@@ -44,7 +47,7 @@ def exported(request, tmp_path_factory):
         hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         image_size=IMAGE, patch_size=8), feature_layer=-1)
     vlm = VisionLanguageModel(lm, tower, equipped, train_vision=False)
-    out = tmp_path_factory.mktemp("export") / f"{method}-tiny"
+    out = tmp_path_factory.mktemp("export") / f"{request.param}-tiny"
     export_model(vlm, preset["llm"], out, tokenizer,
                  SiglipImageProcessorPil(size={"height": IMAGE, "width": IMAGE}), max_shard_size="5MB")
     return vlm, out, tokenizer

@@ -215,6 +215,22 @@ def test_aimv2_from_local_dir_equals_transformers_and_feeds_vora_teacher(tmp_pat
     assert sorted(feats) == [1, 2, 3]
     for l in (1, 2, 3):  # image-major: image 0's 16 tokens, then image 1's
         torch.testing.assert_close(feats[l], own[l].flatten(0, 1), atol=1e-5, rtol=1e-5)
+    # vora.embedding_from_teacher (the released config): the student's embedding, on the loader's
+    # pixels, equals AIMv2's patch embedding on its own (before the projection to the LLM width)
+    from megatron_ext.methods.vora.teacher import embedding_from_teacher
+    from megatron_ext.methods.vora.vora_embedding import VisionEmbedding
+
+    emb = VisionEmbedding(**VoRAConfig(teacher_dim=40, patch_size=4, image_size=16, embed_width=40).embedding(),
+                          hidden_size=24, eps=config.rms_norm_eps)
+    embedding_from_teacher(emb, teacher)
+    with torch.no_grad():
+        student = (raw[0] - 0.5) / 0.5
+        ours = emb.norm(emb.patch(torch.nn.functional.unfold(student[None], 4, stride=4)[0].t())) + emb.positions(4, 4)
+        theirs = ref.embeddings((raw[:1] - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1))[0]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    with pytest.raises(VoRAConfigError, match="set vora.embed_width to 40 and vora.patch_size to 4"):
+        embedding_from_teacher(VisionEmbedding(**VoRAConfig(teacher_dim=40, patch_size=4, image_size=16,
+                                                            embed_width=12).embedding(), hidden_size=24), teacher)
     with pytest.raises(VoRAConfigError, match="set the preset's vision.hidden_size to 40"):
         VoRATeacher.from_pretrained(tmp_path / "aimv2", VoRAConfig(teacher_dim=48, vit_layers=3,
                                                                    patch_size=4, image_size=16), 16)

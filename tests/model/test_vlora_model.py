@@ -161,3 +161,33 @@ def test_fine_grained_types_put_a_branch_on_down_too():
     for s in range(2):
         W = fc2.weight + fc2.delta_weight(cond[(2, "down")][s])
         torch.testing.assert_close(out[:, s], x[:, s] @ W.t(), atol=1e-5, rtol=1e-5)
+
+
+def test_official_positional_embedding_of_the_visual_tokens():
+    """vlora.positional_tokens: the authors' generator adds learned positions to the projected
+    features before its cross-attention; at zero they change nothing, and W_s = 0 keeps the base
+    LLM at step 0 either way."""
+    torch.manual_seed(0)
+    plain_model = tiny_vlora()
+    torch.manual_seed(0)
+    model = tiny_vlora(positional_tokens=6)
+    b = vlora_inputs()  # 6 visual tokens
+    assert model.generator.pos_embed.shape == (1, 6, 32) and plain_model.generator.pos_embed is None
+    missing, unexpected = model.generator.load_state_dict(plain_model.generator.state_dict(), strict=False)
+    assert missing == ["pos_embed"] and not unexpected
+    with torch.no_grad():
+        moved = model.generator(b["visual_features"])
+        model.generator.pos_embed.zero_()
+        same = model.generator(b["visual_features"])
+    ref = plain_model.generator(b["visual_features"])
+    assert all(torch.equal(same[k], ref[k]) for k in ref)
+    assert all((moved[k] - ref[k]).abs().max() > 1e-4 for k in ref)
+    plain = plain_gpt(model.config)
+    load_base(model, plain)
+    with torch.no_grad():
+        base = plain(b["input_ids"], b["position_ids"], None)
+        assert (model(b["input_ids"], b["position_ids"], None, b["visual_features"]) - base).abs().max() <= 1e-6
+    with pytest.raises(ValueError, match="covers 6 visual tokens but the features have 5"):
+        model.generator(b["visual_features"][:, :5])
+    with pytest.raises(VLoRAConfigError, match="positional_tokens=-1"):
+        VLoRAConfig(visual_dim=8, positional_tokens=-1).validate(model.config)

@@ -67,7 +67,7 @@ def _worker(rank, root):
     from megatron_ext.methods import resolve_preset
     from megatron_ext.training.config import load_config
     from megatron_ext.training.evaluate import eval_loss
-    from megatron_ext.training.step import reduce_distill
+    from megatron_ext.training.step import reduce_aux
 
     out = {}
     # TP=1 (DP=2, one sample per micro-batch) takes its first step from TP=2's final S1 weights
@@ -81,7 +81,7 @@ def _worker(rank, root):
             m1.begin_step(0.0)
             out["first-tp2"] = dict(losses=[eval_loss(m1, [build_loader(first_tp1, preset, r, 2)
                                                            .next_microbatch() for r in (0, 1)])],
-                                    distill_losses=[reduce_distill(m1)])
+                                    distill_losses=[reduce_aux(m1)])
         cfg2 = load_config(str(TINY["s2"]), _overrides(root, name, "s2", 2, layout, init_from="s1"))
         # S2's first step, evaluated on S1's final (unmerged) model: the merge on load is exact
         r1["s1_on_s2_batches"] = eval_loss(m1, _first_batches(cfg2, 2))
@@ -240,6 +240,8 @@ def test_vora_config_errors_are_clear(tmp_path):
     assert "distils its blocks from a ViT teacher" in check()
     assert "not a multiple of VoRA's 4-pixel patch" in check("data.image_size=18", "model.vision_weights=x")
     assert "data.kind=webdataset|dali" in check("data.kind=synthetic")
+    (tmp_path / "p.yaml").write_text("base: tiny-vora\nvora: {distill_layers: [], embedding_from_teacher: true}\n")
+    assert "vora.distill_layers is empty" in check(f"model.preset={tmp_path}/p.yaml", "model.vision_weights=x")
 
 
 def test_dali_batches_carry_vora_image_tokens(tmp_path):

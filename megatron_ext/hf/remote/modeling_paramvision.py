@@ -143,7 +143,7 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
             self.generator = PerceptualWeightsGenerator(
                 types, {t: dims[t] for t in types}, inj["rank"], config.vision_config.hidden_size,
                 inj["generator_width"], inj["generator_depth"], inj["generator_heads"],
-                inj["generator_mlp_ratio"], self.layers, self.layers)
+                inj["generator_mlp_ratio"], self.layers, self.layers, inj.get("positional_tokens", 0))
             for layer in self.layers:
                 for t in types:
                     for p in _VLORA_PARTS.get(t, (t,)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from megatron_ext.core.layer_choice import chosen_layers
 from megatron_ext.core.projections import PROJECTIONS, input_sizes
 
 
@@ -32,9 +33,7 @@ class RoseConfig:
     generator_heads: int = 8
 
     def equipped_layers(self, num_layers: int) -> list[int]:
-        if self.layers is not None:
-            return sorted(set(int(l) for l in self.layers))
-        return [l for l in range(1, num_layers + 1) if l % self.every == 0]
+        return chosen_layers(self.layers, self.every, num_layers)
 
     def projection_input_dims(self, tcfg) -> dict[str, int]:
         """Input dimension d of each projection W in R^{d x n} (the dimension R rotates)."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
 from torch import nn
 
 from megatron_ext.core.context import ConditionedLayer, ConditioningContext
@@ -69,8 +71,6 @@ class RotatedLinear(nn.Module, ConditionedLayer):
                  tp_comm_buffer_name: Optional[str] = None, tp_group=None, gather_output: bool = False,
                  input_is_parallel: bool = True, **_megatron_kwargs):
         super().__init__()
-        from megatron.core import parallel_state
-
         if gather_output:
             raise ValueError("RotatedLinear keeps Megatron's sharded output (gather_output=False)")
         self.config = config
@@ -103,7 +103,6 @@ class RotatedLinear(nn.Module, ConditionedLayer):
                 T = _LocalBlocks.apply(T, self.tp_group)  # this rank's input shard = its whole blocks
             elif self.config.sequence_parallel:
                 # each rank rotates only its sequence shard, so T's gradient is partial per rank
-                from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
                 T = copy_to_tensor_model_parallel_region(T, group=self.tp_group)
         return T
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from megatron_ext.core.layer_choice import chosen_layers
 from megatron_ext.core.projections import PROJECTION, PROJECTIONS
 
 WEIGHT_TYPES = PROJECTIONS[:4] + ("mlp",) + PROJECTIONS[4:]   # q, k, v, o, mlp, gate, up, down
@@ -27,11 +28,13 @@ class VLoRAConfig:
     generator_depth: int = 8                 # N
     generator_heads: int = 8
     generator_mlp_ratio: int = 4
+    # The authors' generator (FeipengMa6/VLoRA, weights_generater.py) adds a learnable positional
+    # embedding over this many visual tokens to the projected features before its cross-attention;
+    # the paper does not mention one. 0: none (the paper); the tower's token count: the official code.
+    positional_tokens: int = 0
 
     def equipped_layers(self, num_layers: int) -> list[int]:
-        if self.layers is not None:
-            return sorted(set(int(l) for l in self.layers))
-        return [l for l in range(1, num_layers + 1) if l % self.every == 0]
+        return chosen_layers(self.layers, self.every, num_layers)
 
     def parts(self) -> dict[str, str]:
         """Megatron projection part -> the weight type (generator) whose W_v it uses."""
@@ -58,6 +61,9 @@ class VLoRAConfig:
                                    f"1..{tcfg.num_layers} (set vlora.layers or vlora.every)")
         if self.rank < 1:
             raise VLoRAConfigError(f"vlora.rank={self.rank} must be positive")
+        if self.positional_tokens < 0:
+            raise VLoRAConfigError(f"vlora.positional_tokens={self.positional_tokens}: 0 (none) or the "
+                                   "number of visual tokens per image")
         if self.generator_width % self.generator_heads:
             raise VLoRAConfigError(f"vlora.generator_width={self.generator_width} is not divisible by "
                                    f"vlora.generator_heads={self.generator_heads}")

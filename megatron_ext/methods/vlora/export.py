@@ -15,4 +15,5 @@ def vlora_export(model, tokenizer) -> HFExport:
         injection={"layers": lm.all_equipped, "weight_types": list(v.weight_types), "rank": v.rank,
                    "scale": (v.alpha if v.alpha is not None else v.rank) / v.rank,
                    "generator_width": v.generator_width, "generator_depth": v.generator_depth,
-                   "generator_heads": v.generator_heads, "generator_mlp_ratio": v.generator_mlp_ratio})
+                   "generator_heads": v.generator_heads, "generator_mlp_ratio": v.generator_mlp_ratio,
+                   "positional_tokens": v.positional_tokens})

@@ -62,7 +62,8 @@ class VLoRAModel(InjectedGPTModel):
         v = self.vlora
         return PerceptualWeightsGenerator(v.weight_types, v.input_dims(self.config), v.rank, v.visual_dim,
                                           v.generator_width, v.generator_depth, v.generator_heads,
-                                          v.generator_mlp_ratio, self.all_equipped, self.equipped)
+                                          v.generator_mlp_ratio, self.all_equipped, self.equipped,
+                                          v.positional_tokens)
 
     def equip(self, layer_number: int, spec):
         parts = self.vlora.parts()

@@ -77,7 +77,7 @@ class PerceptualWeightsGenerator(nn.Module):
 
     def __init__(self, weight_types: Sequence[str], input_dims: dict, rank: int, visual_dim: int,
                  width: int, depth: int, heads: int, mlp_ratio: int, layers: Sequence[int],
-                 local_layers: Sequence[int]):
+                 local_layers: Sequence[int], positional_tokens: int = 0):
         super().__init__()
         self.types = tuple(weight_types)
         self.layers = list(layers)
@@ -87,6 +87,8 @@ class PerceptualWeightsGenerator(nn.Module):
         G, w = len(self.types), width
         self.input_dims = dict(input_dims)
         self.visual_proj = nn.Linear(visual_dim, w)
+        # the official code's learnable positions of the visual tokens (std 1, as its randn init)
+        self.pos_embed = nn.Parameter(torch.randn(1, positional_tokens, w)) if positional_tokens else None
         self.queries = nn.Parameter(torch.randn(G, len(self.layers), w) * 0.02)
         self.blocks = nn.ModuleList(GeneratorBlock(G, w, heads, mlp_ratio) for _ in range(depth))
         self.norm = GroupedNorm(G, w)
@@ -99,6 +101,12 @@ class PerceptualWeightsGenerator(nn.Module):
     def forward(self, visual: torch.Tensor) -> dict:
         """visual (batch, tokens, visual_dim) -> {(layer, type): W_v of (batch, in, rank)}."""
         visual = self.visual_proj(visual.to(self.visual_proj.weight.dtype))
+        if self.pos_embed is not None:
+            if visual.shape[1] != self.pos_embed.shape[1]:
+                raise ValueError(f"the generator's positional embedding covers {self.pos_embed.shape[1]} "
+                                 f"visual tokens but the features have {visual.shape[1]}: set "
+                                 "vlora.positional_tokens to the tower's token count, or 0")
+            visual = visual + self.pos_embed
         G, B = len(self.types), visual.shape[0]
         x = self.queries[:, None].expand(G, B, *self.queries.shape[1:])
         kv = visual[None].expand(G, *visual.shape)

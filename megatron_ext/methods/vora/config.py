@@ -22,6 +22,9 @@ class VoRAConfig:
     embed_width: int = 1536
     in_channels: int = 3
     bidirectional: bool = True                # False: causal image attention (the paper's ablation)
+    # the released config's `reuse_aux_vision_embedding_layers: preprocessor`: the patch linear,
+    # its norm and the positions start as the (AIMv2) teacher's; False: random (the paper's text)
+    embedding_from_teacher: bool = False
 
     def embedding(self) -> dict:
         """The vision embedding's settings (VisionEmbedding's arguments; an export's config.json)."""

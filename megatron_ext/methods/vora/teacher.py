@@ -10,6 +10,7 @@ from torch import nn
 
 from megatron_ext.data.shards import MEAN, STD, tower_pixel_stats
 from megatron_ext.methods.vora.config import VoRAConfig, VoRAConfigError
+from megatron_ext.methods.vora.vora_embedding import VisionEmbedding
 from megatron_ext.vision_tower import VisionTower
 
 
@@ -67,3 +68,37 @@ class VoRATeacher(nn.Module):
         x = x.to(next(self.tower.parameters()).dtype)  # bf16 teacher on GPU, fp32 loader pixels
         feats = self.tower.features(x, self.layers)
         return {l: f.flatten(0, 1) for l, f in zip(self.layers, feats)}
+
+
+@torch.no_grad()
+def embedding_from_teacher(embedding: VisionEmbedding, teacher: VoRATeacher) -> None:
+    """vora.embedding_from_teacher, the released config's `reuse_aux_vision_embedding_layers:
+    preprocessor`: the patch linear, its RMSNorm and the learned positions start as the AIMv2
+    teacher's patch embedding. The student sees the loader's pixels x where the teacher sees
+    x * scale + shift per channel (its own statistics), so the linear absorbs the difference:
+    W' = W diag(scale), b' = b + W shift, and both give the same embeddings. The projection to the
+    LLM width has no counterpart in the teacher and keeps its initialisation."""
+    src = getattr(teacher.tower.model, "embeddings", None)
+    if not all(hasattr(src, n) for n in ("patch_embed", "rms_norm", "position_embedding")):
+        raise VoRAConfigError(
+            f"vora.embedding_from_teacher copies an AIMv2 teacher's patch embedding (patch linear, RMSNorm, "
+            f"learned positions), which {type(teacher.tower.model).__name__} does not have: use an AIMv2 "
+            f"teacher or set vora.embedding_from_teacher: false")
+    W = src.patch_embed.weight.flatten(1).float()  # (width, C * p * p), F.unfold's column order
+    patch = src.patch_embed.kernel_size[0]
+    if W.shape != embedding.patch.weight.shape or patch != embedding.patch_size:
+        raise VoRAConfigError(
+            f"vora.embedding_from_teacher: the teacher's patch embedding is {tuple(W.shape)} with {patch}-px "
+            f"patches, the student's {tuple(embedding.patch.weight.shape)} with {embedding.patch_size}-px: set "
+            f"vora.embed_width to {W.shape[0]} and vora.patch_size to {patch}")
+    pos = src.position_embedding.weight
+    if pos.shape[0] != embedding.grid ** 2:
+        raise VoRAConfigError(f"vora.embedding_from_teacher: the teacher has {pos.shape[0]} positions, the "
+                              f"student {embedding.grid ** 2}: set vora.image_size to the teacher's")
+    per_column = embedding.patch_size ** 2  # each channel's p x p columns
+    scale = teacher.scale.flatten().repeat_interleave(per_column)
+    shift = teacher.shift.flatten().repeat_interleave(per_column)
+    embedding.patch.weight.copy_(W * scale)
+    embedding.patch.bias.copy_(src.patch_embed.bias.float() + W @ shift)
+    embedding.norm.weight.copy_(src.rms_norm.weight)
+    embedding.pos.copy_(pos.view(embedding.grid, embedding.grid, -1))

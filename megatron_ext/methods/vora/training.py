@@ -10,7 +10,7 @@ from megatron.core import parallel_state as ps
 
 from megatron_ext.methods.vora.config import VoRAConfigError, vora_config
 from megatron_ext.methods.vora.model import build_vora
-from megatron_ext.methods.vora.teacher import VoRATeacher, teacher_check
+from megatron_ext.methods.vora.teacher import VoRATeacher, embedding_from_teacher, teacher_check
 from megatron_ext.methods.vora.vision import VoRAVisionModel
 from megatron_ext.training.checkpoint import load_weights
 from megatron_ext.training.config import ConfigError
@@ -45,10 +45,16 @@ def check(cfg, preset: dict, trainable: list) -> None:
         image_tokens(cfg, preset)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if not is_merged(trainable) and vora_config(preset).distilled() and not cfg.model.vision_weights:
+    vora = vora_config(preset)
+    if is_merged(trainable):
+        return
+    if vora.distilled() and not cfg.model.vision_weights:
         raise ConfigError("VoRA pre-training distils its blocks from a ViT teacher: set "
                           "model.vision_weights to a local AIMv2 (or SigLIP/CLIP) directory, or "
                           "drop distillation with the preset's vora.distill_layers: []")
+    if vora.embedding_from_teacher and not vora.distilled():
+        raise ConfigError("vora.embedding_from_teacher starts the patch embedding from the distillation "
+                          "teacher, but vora.distill_layers is empty: distil, or set it false")
 
 
 def training_model(cfg, preset: dict, dtype: torch.dtype, config_overrides: dict | None,
@@ -67,6 +73,8 @@ def training_model(cfg, preset: dict, dtype: torch.dtype, config_overrides: dict
             if ps.is_pipeline_first_stage():
                 teacher = VoRATeacher.from_pretrained(cfg.model.vision_weights, lm.vora,
                                                       cfg.data.image_size, dtype)
+                if lm.vora.embedding_from_teacher:  # a checkpoint loaded later replaces it
+                    embedding_from_teacher(lm.vision_embedding, teacher)
         except VoRAConfigError as e:
             raise ConfigError(f"model.vision_weights={cfg.model.vision_weights} (VoRA's teacher): {e}") from None
     return VoRAVisionModel(lm, teacher, distill)

@@ -6,16 +6,16 @@ from typing import Optional
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.transformer.module import MegatronModule
 
 from megatron_ext.core import feature_exchange
 from megatron_ext.core.specs import stage_layers
+from megatron_ext.core.wrapper import LLMWrapper
 from megatron_ext.methods.vora.model import VoRAModel
 from megatron_ext.methods.vora.teacher import VoRATeacher
 from megatron_ext.training.stages import parameter_groups
 
 
-class VoRAVisionModel(MegatronModule):
+class VoRAVisionModel(LLMWrapper):
     """VoRA on image-text batches: each sample's image tokens (marked by `image_mask`) are its
     image's patches, embedded by the model; with `distill`, the teacher on the first pipeline
     stage gives every distilled block its targets (later stages receive theirs, docs/ARCHITECTURE.md rule 7).
@@ -24,10 +24,7 @@ class VoRAVisionModel(MegatronModule):
     checkpoints (it is read from its directory); LLM keys equal a bare VoRAModel's."""
 
     def __init__(self, lm: VoRAModel, teacher: Optional[VoRATeacher], distill: bool):
-        super().__init__(lm.config)
-        self.lm = lm
-        self.model_type = lm.model_type
-        self.stage = parallel_state.get_pipeline_model_parallel_rank()
+        super().__init__(lm)
         if distill and (self.stage == 0) != (teacher is not None):
             raise ValueError("the teacher belongs on the first pipeline stage, and only there")
         self.teacher, self.distill = teacher, distill
@@ -38,9 +35,6 @@ class VoRAVisionModel(MegatronModule):
         if self.consumers:  # collective: at construction, never inside the schedule
             feature_exchange.feature_group()
         self.distill_record: list = []
-
-    def set_input_tensor(self, input_tensor) -> None:
-        self.lm.set_input_tensor(input_tensor)
 
     def teacher_features(self, pixel_values) -> Optional[dict]:
         """This stage's distillation targets for the micro-batch ({} or None where it has none)."""
@@ -76,13 +70,6 @@ class VoRAVisionModel(MegatronModule):
         return out
 
     # -- per optimizer step (training/step.py) -------------------------------------------------
-    @property
-    def method(self) -> str:
-        return self.lm.method
-
-    def pipeline_replicated_parameters(self) -> list:
-        return self.lm.pipeline_replicated_parameters()
-
     def begin_step(self, distill_loss_scale: float) -> None:
         """distill_loss_scale: what the schedule multiplies the LM loss of a micro-batch by
         (loss scale / num_microbatches), so that each block's distillation gradient is that of
