@@ -11,6 +11,8 @@ import logging
 
 import torch
 
+from megatron_ext.methods.llava.config import STAGES as LLAVA_STAGES
+
 log = logging.getLogger(__name__)
 
 # "unused": parameters whose outputs nothing reads (a vision tower's blocks after the feature layer,
@@ -24,6 +26,7 @@ STAGES = {
     "rose": {"s1": ["generator"], "s2": ["generator", "vision"], "s3": ["generator", "vision", "llm"]},
     "vlora": {"s1": ["generator"], "s2": ["generator", "llm"]},
     "vora": {"s1": ["lora", "embedding", "aux"], "s2": ["llm", "embedding"]},
+    "llava": LLAVA_STAGES,
     "none": {"s1": ["llm"]},
 }
 

@@ -1,10 +1,10 @@
 """One entry point for every kind of injection: the method is a config choice on the same LLM.
 
-    model = build_model("tiny-vlora", method="vlora")      # or "rose", "vora", "none"
+    model = build_model("tiny-vlora", method="vlora")      # or "rose", "vora", "llava", "none"
 
 "none" is the plain base LLM (Megatron's GPTModel from the same layer specs), the reference every
 method must equal at initialisation. Without `method`, a preset with exactly one method section
-(rose:, vlora:, vora:) selects it.
+(rose:, vlora:, vora:, llava:) selects it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from megatron_ext.model import InjectedGPTModel
 
-METHODS = ("rose", "vlora", "vora", "none")
+METHODS = ("rose", "vlora", "vora", "llava", "none")
 
 
 class BaseLLM(InjectedGPTModel):
@@ -53,7 +53,7 @@ def build_model(preset, method: str | None = None, backend: str = "auto",
     preset's section of that name (the papers' defaults where absent) plus `method_overrides`."""
     preset = resolve_preset(preset)
     if method is None:
-        present = [m for m in METHODS[:3] if m in preset]
+        present = [m for m in METHODS[:-1] if m in preset]
         if len(present) != 1:
             raise ValueError(f"the preset has method sections {present}; pass method= one of {list(METHODS)}")
         method = present[0]
@@ -66,6 +66,9 @@ def build_model(preset, method: str | None = None, backend: str = "auto",
     if method == "vora":
         from megatron_ext.vora import build_vora
         return build_vora(preset, backend, dtype, config_overrides, **method_overrides)
+    if method == "llava":
+        from megatron_ext.methods.llava.model import build_llava
+        return build_llava(preset, backend, dtype, config_overrides, **method_overrides)
     if method == "none":
         from megatron_ext.llm_config import gpt_model_kwargs, preset_transformer_config
 
