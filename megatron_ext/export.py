@@ -85,6 +85,10 @@ def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_process
     if parallel_state.get_tensor_model_parallel_world_size() * \
             parallel_state.get_pipeline_model_parallel_world_size() != 1:
         raise ValueError("export from a TP=1, PP=1 model (distributed checkpoints reshard on load)")
+    from megatron_ext.methods.llava.model import LlavaVisionModel
+    if isinstance(model, LlavaVisionModel):  # native transformers LLaVA (the spec's once it lands)
+        from megatron_ext.methods.llava.export import export_llava
+        return export_llava(model, llm, out_dir, tokenizer, image_processor, max_shard_size, max_new_tokens)
     if isinstance(getattr(model, "lm", None), VoRAModel):  # VoRA's training wrapper: the LLM alone
         model = model.lm
     lm, tower = (model, None) if isinstance(model, VoRAModel) else (model.lm, model.vision)

@@ -69,6 +69,9 @@ def build_model(cfg: TrainConfig, dtype: torch.dtype, train_vision: bool = False
         return preset, _build_vora(cfg, preset, dtype, overrides)
     lm = build(preset, method=cfg.model.method, backend=cfg.model.backend, dtype=dtype,
                config_overrides=overrides)
+    if cfg.model.method == "llava":  # the spec's training_model once the registry lands
+        from megatron_ext.methods.llava.training import training_model
+        return preset, training_model(cfg, preset, lm, dtype, ["vision"] if train_vision else [])
     if not cfg.model.vision_weights:
         return preset, lm
     if cfg.data.kind == "synthetic":
@@ -189,6 +192,10 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     vora = cfg.model.method == "vora"
     if vora:
         _check_vora(cfg, trainable)
+    if cfg.model.method == "llava":  # the spec's check once the registry lands
+        from megatron_ext.methods import resolve_preset
+        from megatron_ext.methods.llava.training import check
+        check(cfg, resolve_preset(cfg.model.preset), trainable)
     preset, model = build_model(cfg, dtype, train_vision="vision" in trainable)
     if not vora and cfg.data.kind != "synthetic" and not hasattr(model, "encode"):
         raise ConfigError(
@@ -246,10 +253,11 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     from megatron_ext.training.mfu import mfu, peak_flops_total, train_flops_per_sample
     visual_tokens = cfg.data.visual_tokens if cfg.data.kind == "synthetic" else 0
     seq = cfg.data.seq_length
-    if vora:  # the image's patches are tokens of the sequence
-        from megatron_ext.data.loader import image_tokens
-        visual_tokens = image_tokens(cfg, preset)
-        seq += visual_tokens
+    from megatron_ext.data.loader import image_tokens
+    in_sequence = image_tokens(cfg, preset)
+    if in_sequence:  # VoRA's patches, LLaVA's visual tokens: tokens of the sequence
+        visual_tokens = in_sequence
+        seq += in_sequence
     sample_flops = train_flops_per_sample(preset, cfg.model.method, cfg.data.seq_length, visual_tokens)
     peak = peak_flops_total(dist.get_world_size())
     metrics = Metrics(run_dir, cfg, cfg.train.steps, start, enabled=rank0)

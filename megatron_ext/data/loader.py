@@ -46,8 +46,11 @@ class MicroBatchLoader:
 
 
 def image_tokens(cfg, preset: dict) -> int:
-    """Tokens each image takes in the sequence: VoRA's patches of data.image_size; 0 for methods
-    whose image enters the weights."""
+    """Tokens each image takes in the sequence: VoRA's patches of data.image_size, LLaVA's visual
+    tokens; 0 for methods whose image enters the weights."""
+    if cfg.model.method == "llava":  # the spec's image_tokens once the registry lands
+        from megatron_ext.methods.llava.training import image_tokens as llava_tokens
+        return llava_tokens(cfg, preset)
     if cfg.model.method != "vora":
         return 0
     from megatron_ext.presets import vora_config

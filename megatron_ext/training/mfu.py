@@ -40,6 +40,9 @@ def train_flops_per_sample(preset: dict, method: str, text_tokens: int, visual_t
                               generator_width=v.get("generator_width", 512),
                               generator_blocks=v.get("generator_depth", 8))
         fwd += sum(flops.vlora_flops(llm, inj, text_tokens, visual_tokens, vdim).values())
+    elif method == "llava":  # the spec's flops once the registry lands
+        from megatron_ext.methods.llava.flops import llava_flops
+        fwd += sum(llava_flops(llm, None, text_tokens, visual_tokens, vdim).values())
     elif method != "none":
         return None
     return 3.0 * fwd
