@@ -1,6 +1,8 @@
 """Tiny LLaVA models (tiny-llava preset + a tiny SigLIP tower) and inputs shared by single- and
 multi-process tests."""
 
+import re
+
 import torch
 
 from megatron_ext.presets import load_preset
@@ -54,3 +56,12 @@ def llava_inputs(batch=2, text=8, seed=0, image_id=0):
 def forward(model, b, labels=True):
     return model(b["input_ids"], b["position_ids"], None, pixel_values=b["pixel_values"],
                  image_mask=b["image_mask"], labels=b["labels"] if labels else None)
+
+
+def pp1_names(tensors: dict, model) -> dict:
+    """This pipeline stage's {name: tensor} under the PP=1 model's names (layers renumbered)."""
+    from megatron_ext.specs import stage_layers
+
+    offset = list(stage_layers(model.config))[0] - 1
+    renumber = lambda m: f".decoder.layers.{int(m.group(1)) + offset}."
+    return {re.sub(r"\.decoder\.layers\.(\d+)\.", renumber, n): t for n, t in tensors.items()}
