@@ -116,3 +116,16 @@ def test_bad_inputs_say_what_to_change(tmp_path):
         image_tokens(tmp_path / "tower", 32)
     with pytest.raises(LlavaConfigError, match="set the preset's vision.hidden_size to 48"):
         image_tokens(tmp_path / "tower", IMAGE, llava_config(dict(LLAVA, vision=dict(hidden_size=40))))
+
+
+def test_training_flops_are_flops_py_llava_breakdown_plus_the_projector():
+    from megatron_ext import flops
+    from megatron_ext.methods import resolve_preset
+    from megatron_ext.training.mfu import train_flops_per_sample
+
+    preset = resolve_preset("qwen2.5-7b-llava")
+    ours = train_flops_per_sample(preset, "llava", 512, 729)
+    parts = flops.breakdown("qwen2.5-7b", "llava", 729, 512)  # the LLM on 512 + 729 tokens
+    projector = 2.0 * 729 * (1152 * 3584 + 3584 * 3584)
+    assert ours == pytest.approx(3 * (sum(parts.values()) + projector), rel=1e-12)
+    assert ours > 2 * train_flops_per_sample(preset, "none", 512, 729)  # the visual tokens dominate
