@@ -5,7 +5,7 @@ import re
 
 import torch
 
-from megatron_ext.presets import load_preset
+from megatron_ext.core.presets import load_preset
 
 LLAVA = load_preset("tiny-llava")
 VOCAB = LLAVA["llm"]["vocab_size"]
@@ -60,7 +60,7 @@ def forward(model, b, labels=True):
 
 def pp1_names(tensors: dict, model) -> dict:
     """This pipeline stage's {name: tensor} under the PP=1 model's names (layers renumbered)."""
-    from megatron_ext.specs import stage_layers
+    from megatron_ext.core.specs import stage_layers
 
     offset = list(stage_layers(model.config))[0] - 1
     renumber = lambda m: f".decoder.layers.{int(m.group(1)) + offset}."

@@ -71,6 +71,7 @@ def test_projector_equals_transformers_llava_projector():
 
 def test_parameter_groups_partition_the_model():
     from megatron_ext.methods.llava.config import STAGES
+    from megatron_ext.methods.training import default_trainable
     from megatron_ext.training import stages
 
     model = tiny_llava()
@@ -89,7 +90,7 @@ def test_parameter_groups_partition_the_model():
         summary = stages.apply_trainable(model, trainable)
         assert all(p.requires_grad == (g in trainable) for g, ps in groups.items() for _, p in ps), stage
         assert summary["projector"][1] == 48 * 64 + 64 + 64 * 64 + 64
-    assert stages.default_trainable("llava", "s2") == ["projector", "vision"]
+    assert default_trainable("llava", "s2") == ["projector", "vision"]
 
 
 def test_bad_inputs_say_what_to_change(tmp_path):
@@ -118,14 +119,16 @@ def test_bad_inputs_say_what_to_change(tmp_path):
         image_tokens(tmp_path / "tower", IMAGE, llava_config(dict(LLAVA, vision=dict(hidden_size=40))))
 
 
-def test_training_flops_are_flops_py_llava_breakdown_plus_the_projector():
+def test_training_flops_are_flops_py_llava_breakdown_without_the_encoder():
     from megatron_ext import flops
     from megatron_ext.methods import resolve_preset
     from megatron_ext.training.mfu import train_flops_per_sample
 
     preset = resolve_preset("qwen2.5-7b-llava")
     ours = train_flops_per_sample(preset, "llava", 512, 729)
-    parts = flops.breakdown("qwen2.5-7b", "llava", 729, 512)  # the LLM on 512 + 729 tokens
-    projector = 2.0 * 729 * (1152 * 3584 + 3584 * 3584)
-    assert ours == pytest.approx(3 * (sum(parts.values()) + projector), rel=1e-12)
+    parts = flops.breakdown("qwen2.5-7b", "llava", 729, 512, "siglip2-so400m")  # LLM on 512 + 729
+    assert set(parts) == {"decoder projections", "attention scores", "LM head", "vision encoder"}
+    assert parts["decoder projections"] == flops.decoder_projection_flops(flops.LLMS["qwen2.5-7b"], 512 + 729)
+    # MFU leaves the vision encoder out, as for the other methods
+    assert ours == pytest.approx(3 * (sum(parts.values()) - parts["vision encoder"]), rel=1e-12)
     assert ours > 2 * train_flops_per_sample(preset, "none", 512, 729)  # the visual tokens dominate

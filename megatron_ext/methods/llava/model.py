@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megatron_ext.methods import BaseLLM
+from megatron_ext.core.vlm import VisionLanguageModel
 from megatron_ext.methods.llava.config import LlavaConfig
-from megatron_ext.vlm import VisionLanguageModel
+from megatron_ext.methods.none.model import BaseLLM
 
 
 def _device():
@@ -55,6 +55,8 @@ def splice(embeddings: torch.Tensor, tokens: torch.Tensor, image_mask: torch.Ten
 
 class LlavaLM(BaseLLM):
     """The base LLM plus, on the first pipeline stage, the projector and the splice."""
+
+    method = "llava"  # its MethodSpec in the registry
 
     def __init__(self, config, llava: LlavaConfig, vocab_size: int, max_sequence_length: int, **kwargs):
         llava.validate(config)
@@ -111,7 +113,7 @@ class LlavaVisionModel(VisionLanguageModel):
 def build_llava(preset: dict, backend: str = "auto", dtype: torch.dtype = torch.float32,
                 config_overrides: dict | None = None, **llava_overrides) -> LlavaLM:
     """A LlavaLM for this process's TP/PP rank from a preset (its `llava:` section)."""
-    from megatron_ext.llm_config import gpt_model_kwargs, preset_transformer_config
+    from megatron_ext.core.llm_config import gpt_model_kwargs, preset_transformer_config
     from megatron_ext.methods.llava.config import llava_config
 
     config = preset_transformer_config(preset, dtype, config_overrides)

@@ -34,14 +34,16 @@ def check(cfg, preset: dict, trainable: list) -> None:
         raise _config_error(e) from None
 
 
-def training_model(cfg, preset: dict, lm, dtype, trainable: list):
-    """lm with the vision tower (model.vision_weights) on the first pipeline stage; the tower
-    trains when the stage's trainable set names "vision"."""
+def training_model(cfg, preset: dict, dtype, config_overrides: dict | None, trainable: list):
+    """The LLM with its projector, and the vision tower (model.vision_weights) on the first
+    pipeline stage; the tower trains when the stage's trainable set names "vision"."""
     import torch
     from megatron.core import parallel_state
 
-    from megatron_ext.methods.llava.model import LlavaVisionModel
+    from megatron_ext.methods.llava.model import LlavaVisionModel, build_llava
     from megatron_ext.vision_tower import VisionTower
+
+    lm = build_llava(preset, cfg.model.backend, dtype, config_overrides)
 
     tower = None
     if parallel_state.is_pipeline_first_stage():
