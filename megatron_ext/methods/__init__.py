@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from megatron_ext.methods import none, rose, vlora, vora
+from megatron_ext.methods import llava, none, rose, vlora, vora
 from megatron_ext.methods.registry import get_method, method_names, register_method
 from megatron_ext.methods.spec import HFExport, MethodSpec
 from megatron_ext.core.presets import resolve_preset
@@ -20,6 +20,7 @@ register_method(rose.SPEC)
 register_method(vlora.SPEC)
 register_method(vora.SPEC)
 register_method(none.SPEC)
+register_method(llava.SPEC)
 
 
 def preset_method(preset: dict) -> str:

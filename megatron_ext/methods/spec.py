@@ -49,6 +49,10 @@ megatron_ext/methods/__init__.py registers it with one line. The fields:
                    or the bare LLM, built at TP=1, PP=1. None: no export yet.
     merge          (model) -> None: fold the method's static adapters into the base weights in
                    place (export and deployment); None where nothing static is left to fold.
+    export_native  (model, llm: dict, out_dir, tokenizer, image_processor, max_shard_size: str,
+                   max_new_tokens: int) -> Path: for a method transformers implements itself (LLaVA:
+                   LlavaForConditionalGeneration), write that class's folder, no remote code;
+                   export.py then uses it instead of `export`. None: the remote-code folder.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ class MethodSpec:
     init_from: Optional[Callable[..., dict]] = None
     export: Optional[Callable[..., HFExport]] = None
     merge: Optional[Callable[[Any], None]] = None
+    export_native: Optional[Callable[..., Path]] = None
 
     def __post_init__(self):
         if self.inputs not in INPUTS:

@@ -85,8 +85,24 @@ def _patch_torch_adam_state() -> None:
             if torch.is_tensor(state.get("step")):
                 state["step"] = state["step"].clone()
 
+    state_dict = cls.state_dict
+
+    def _state_dict(self):
+        """A rank with nothing to train (a pipeline stage of frozen layers, e.g. LLaVA S1's later
+        stages) has no per-parameter state to read the step from: it has taken none."""
+        if self.optimizer.state:
+            return state_dict(self)
+        saved = {k: v for k, v in self.optimizer.state_dict().items() if k != "state"}
+        saved["param_groups"] = [dict({k: v for k, v in g.items() if k != "params"}, step=0)
+                                 for g in saved["param_groups"]]
+        out = {"optimizer": saved}
+        if self.grad_scaler:
+            out["grad_scaler"] = self.grad_scaler.state_dict()
+        return out
+
     cls._set_main_param_and_optimizer_states = _set_main_param_and_optimizer_states
     cls.load_state_dict = _load_state_dict
+    cls.state_dict = _state_dict
 
 
 def install() -> bool:
