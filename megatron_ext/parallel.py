@@ -15,7 +15,9 @@ log = logging.getLogger(__name__)
 
 
 def backend_name() -> str:
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    """On CUDA, NCCL for CUDA tensors and gloo for CPU ones (object collectives, host-side flags
+    and counters): NCCL alone rejects CPU tensors."""
+    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
 
 
 def init_parallel(tensor_parallel: int = 1, pipeline_parallel: int = 1, seed: int = 1234) -> None:

@@ -9,6 +9,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from megatron_ext.device import compute_device, host_tensor
+
 
 class NonFiniteLoss(RuntimeError):
     pass
@@ -18,7 +20,7 @@ def forward_step_func(nan: bool = False):
     def forward_step(data_iterator, model):
         b = next(data_iterator)  # every stage reads the micro-batch: its visual features (rule 7)
         if torch.cuda.is_available():  # the loaders build batches on the host
-            b = {k: v.to(torch.cuda.current_device(), non_blocking=True) for k, v in b.items()}
+            b = {k: v.to(compute_device(), non_blocking=True) for k, v in b.items()}
         if "image_mask" in b:  # VoRA: the image's patches are tokens of the sequence
             out = model(b["input_ids"], b["position_ids"], None, pixel_values=b["pixel_values"],
                         image_mask=b["image_mask"], labels=b["labels"])
@@ -45,7 +47,7 @@ def reduce_loss(results: list) -> float:
     """Mean micro-batch loss over DP replicas, known on every rank."""
     from megatron.core import parallel_state
 
-    t = torch.zeros(2, dtype=torch.float64)
+    t = host_tensor([0.0, 0.0])
     if parallel_state.is_pipeline_last_stage() and results:
         t[0] = torch.stack([r["loss"].double() for r in results]).mean()
         t[1] = 1
@@ -60,8 +62,7 @@ def aux_loss_scale(config, num_microbatches: int) -> float:
     Megatron's MoE aux losses) take the same factor, so the gradient is that of the total loss."""
     if config.grad_scale_func is None:
         return 1.0 / num_microbatches
-    device = torch.cuda.current_device() if torch.cuda.is_available() else torch.device("cpu")
-    return float(config.grad_scale_func(torch.ones(1, device=device))) / num_microbatches
+    return float(config.grad_scale_func(torch.ones(1, device=compute_device()))) / num_microbatches
 
 
 def reduce_distill(model) -> float:
@@ -69,7 +70,7 @@ def reduce_distill(model) -> float:
     each pipeline stage holds the loss of its own blocks, so stages sum; TP ranks repeat it."""
     from megatron.core import parallel_state as ps
 
-    t = torch.tensor([model.stage_distill_loss()], dtype=torch.float64)
+    t = host_tensor([model.stage_distill_loss()])
     dist.all_reduce(t)
     return t.item() / (ps.get_tensor_model_parallel_world_size() * ps.get_data_parallel_world_size())
 
