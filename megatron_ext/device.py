@@ -6,7 +6,9 @@ are all-reduced and the fused-kernel switches follow the same device (docs/GPU.m
 
 from __future__ import annotations
 
+import glob
 import importlib.util
+import os
 
 import torch
 
@@ -47,3 +49,19 @@ def fused_softmax_available() -> bool:
     return torch.cuda.is_available() and all(
         importlib.util.find_spec(m) is not None
         for m in ("scaled_masked_softmax_cuda", "scaled_upper_triang_masked_softmax_cuda"))
+
+
+def nvidia_gpu_present() -> bool:
+    """The NVIDIA driver's device nodes exist (a GPU node, whatever torch can see)."""
+    return os.path.exists("/dev/nvidiactl") and bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def require_usable_gpu() -> None:
+    """On a GPU node a torch that cannot reach CUDA (a CPU build, a build for a newer CUDA than
+    the driver's) would train on the CPU over gloo in fp32, 100x slower, and look fine: refuse.
+    PARAMVISION_ALLOW_CPU=1 allows it deliberately."""
+    if nvidia_gpu_present() and not torch.cuda.is_available() and os.environ.get("PARAMVISION_ALLOW_CPU") != "1":
+        raise RuntimeError(
+            f"this node has an NVIDIA GPU but torch {torch.__version__} cannot use it (CUDA build: "
+            f"{torch.version.cuda or 'none'}); reinstall with scripts/setup.sh, or set "
+            f"PARAMVISION_ALLOW_CPU=1 to run on the CPU on purpose")

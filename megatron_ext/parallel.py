@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_ext.compat import cpu as cpu_compat
+from megatron_ext.device import require_usable_gpu
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def init_parallel(tensor_parallel: int = 1, pipeline_parallel: int = 1, seed: in
     """
     from megatron.core import parallel_state, tensor_parallel as mtp
 
+    require_usable_gpu()
     on_cpu = cpu_compat.install()
     if not dist.is_initialized():
         if "WORLD_SIZE" in os.environ:  # launched by torchrun (or a test's process group)
