@@ -64,7 +64,7 @@ caption() {  # the demo corpus through download + recaption, the captioner on vL
 export PY VLLM_PY OUT BACKEND FP8
 export -f train caption
 echo "GPU smoke: $(date -u +%FT%TZ), logs in $OUT"
-check environment 60 "^torch" "$PY" - <<'EOF'
+check environment 120 "^torch" "$PY" - <<'EOF'
 import importlib, torch
 assert torch.cuda.is_available(), f"torch {torch.__version__} sees no CUDA device"
 import transformer_engine, nvidia.dali
