@@ -13,7 +13,8 @@
 #                                  reported FAIL with the reason when absent)
 # Nothing is downloaded at run time: the models are tiny and random, built here from config.
 # SMOKE_ONLY=REGEX runs only the checks whose name matches (e.g. SMOKE_ONLY='s1-|resume' to rerun);
-# SMOKE_BACKEND=local SMOKE_FP8= runs the training lines without TE (a CPU rehearsal of the commands).
+# SMOKE_BACKEND=local SMOKE_FP8= SMOKE_TIME_SCALE=10 runs the training lines without TE, with 10x
+# the time limits (a CPU rehearsal of the commands).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -31,6 +32,7 @@ check() {
   local name=$1 limit=$2 pattern=$3 t0 rc line
   shift 3
   if [ -n "${SMOKE_ONLY:-}" ] && ! [[ $name =~ $SMOKE_ONLY ]]; then return 0; fi
+  limit=$((limit * ${SMOKE_TIME_SCALE:-1}))
   t0=$(date +%s)
   timeout "$limit" bash -c '"$@"' check "$@" >"$OUT/$name.log" 2>&1  # (bash -c: CMD may be a function)
   rc=$?
