@@ -48,7 +48,7 @@ train() {  # train CONFIG RUN_DIR OVERRIDES...: a tiny S1 on $BACKEND with $FP8
   local config=$1 run=$2
   shift 2
   "$PY" -m megatron_ext.train --config "$config" model.backend="$BACKEND" ${FP8:+train.fp8=$FP8} \
-    log.run_dir="$OUT/$run" log.wandb=false log.every=1 "$@"
+    log.run_dir="$OUT/$run" log.wandb=false log.every=1 optim.warmup_steps=1 "$@"
 }
 
 caption() {  # the demo corpus through download + recaption, the captioner on vLLM
