@@ -178,7 +178,7 @@ def _stored_keys(sh) -> set:
 # One norm, two checkpoint names: TE fuses the pre-attention and pre-MLP norms into linear_qkv /
 # linear_fc1 (layer_norm_weight), and Megatron's local spec saves its own norms under those fused
 # names (its sharded_state_dict_keys_map); a TE layer whose linears a method replaced has a TENorm
-# of its own (specs.unfuse_te_norms), saved as input_layernorm / pre_mlp_layernorm. A stage that
+# of its own (core.specs.unfuse_te_norms), saved as input_layernorm / pre_mlp_layernorm. A stage that
 # switches backends (S1 local, S2 TE) reads whichever name the checkpoint holds.
 NORM_ALIASES = ((".input_layernorm.weight", ".self_attention.linear_qkv.layer_norm_weight"),
                 (".pre_mlp_layernorm.weight", ".mlp.linear_fc1.layer_norm_weight"))

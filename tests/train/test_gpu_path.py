@@ -72,10 +72,10 @@ def test_host_side_collectives_use_the_compute_device(monkeypatch):
     monkeypatch.setattr(dist, "all_reduce", all_reduce)
 
     class Distilling:
-        def stage_distill_loss(self):
+        def stage_aux_loss(self):
             return 0.5
 
-    for call in (lambda: step.reduce_loss([]), lambda: step.reduce_distill(Distilling()),
+    for call in (lambda: step.reduce_loss([]), lambda: step.reduce_aux(Distilling()),
                  lambda: _Preemption().agreed()):
         with pytest.raises(_Stop):
             call()
@@ -112,7 +112,7 @@ def test_training_places_the_whole_model_before_ddp(tmp_path, monkeypatch):
 @pytest.mark.parametrize("kernels", [(), ("scaled_masked_softmax_cuda",),
                                      ("scaled_masked_softmax_cuda", "scaled_upper_triang_masked_softmax_cuda")])
 def test_masked_softmax_fusion_only_where_its_kernels_import(monkeypatch, kernels):
-    from megatron_ext.llm_config import qwen2_transformer_config
+    from megatron_ext.core.llm_config import qwen2_transformer_config
     from rose_helpers import PRESET
 
     assert not qwen2_transformer_config(PRESET["llm"]).masked_softmax_fusion  # CPU
