@@ -10,12 +10,15 @@ import torch
 import torch.distributed as dist
 
 from megatron_ext.compat import cpu as cpu_compat
+from megatron_ext.device import require_usable_gpu
 
 log = logging.getLogger(__name__)
 
 
 def backend_name() -> str:
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    """On CUDA, NCCL for CUDA tensors and gloo for CPU ones (object collectives, host-side flags
+    and counters): NCCL alone rejects CPU tensors."""
+    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
 
 
 def init_parallel(tensor_parallel: int = 1, pipeline_parallel: int = 1, seed: int = 1234) -> None:
@@ -26,6 +29,7 @@ def init_parallel(tensor_parallel: int = 1, pipeline_parallel: int = 1, seed: in
     """
     from megatron.core import parallel_state, tensor_parallel as mtp
 
+    require_usable_gpu()
     on_cpu = cpu_compat.install()
     if not dist.is_initialized():
         if "WORLD_SIZE" in os.environ:  # launched by torchrun (or a test's process group)

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from megatron_ext.device import host_tensor, place_model
 from megatron_ext.training.config import ConfigError, TrainConfig, load_config, num_microbatches, validate
 from pvcommon.errors import ArgumentParser
 from pvcommon import lifetime  # at import: a writer a worker spawns takes its guard
@@ -43,7 +44,7 @@ class _Preemption:
         self.flag = True
 
     def agreed(self) -> bool:
-        t = torch.tensor([1.0 if self.flag else 0.0])
+        t = host_tensor([1.0 if self.flag else 0.0])
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
@@ -111,6 +112,7 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
         from megatron_ext.hf.qwen2 import load_qwen2
         load_qwen2(model.injected.language_model, cfg.model.llm_weights)
 
+    place_model(model)  # every part, frozen or not, on this rank's GPU before DDP (no-op on CPU)
     ddp = optim.wrap_ddp(model, cfg)
     optimizer = optim.build_optimizer(ddp, cfg, dtype)
     scheduler = optim.build_scheduler(optimizer, cfg)
@@ -155,7 +157,7 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
             if "distill_loss" in out:  # VoRA pre-training: total loss = loss + distill_loss
                 distill_losses.append(out["distill_loss"])
                 extra["distill_loss"] = out["distill_loss"]
-            corrupt = torch.tensor([float(loader.corrupt)])
+            corrupt = host_tensor([float(loader.corrupt)])
             dist.all_reduce(corrupt)  # summed over every process; each DP rank reads its own
             metrics.step(dict(
                 step=step, loss=out["loss"], lr=out["lr"], grad_norm=out["grad_norm"],

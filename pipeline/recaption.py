@@ -53,6 +53,14 @@ class CaptionActor:
         self.captioner = build_captioner(rc, backend)
 
     def __call__(self, batch: dict) -> dict:
+        from recaption.base import EngineDead, restart_actor
+
+        try:
+            return self._caption(batch)
+        except EngineDead as e:  # a fresh process and engine retry this chunk
+            restart_actor(e)
+
+    def _caption(self, batch: dict) -> dict:
         from PIL import Image
 
         from recaption.base import CaptionResult, caption_with_retries
@@ -125,15 +133,26 @@ def finish_shard(cfg, shard: str, results: dict, want: set, backend: str) -> Non
     accounting.write(dec, rows)  # written last: a shard is finished when its decisions exist
 
 
+def _cluster_gpus(cfg) -> float:
+    """GPUs of the Ray cluster the actors will run on (the driver may sit on a CPU node)."""
+    import ray
+
+    from pipeline.ray_setup import init_ray
+    init_ray(cfg.ray)
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
 def run(cfg: PipelineConfig) -> pd.DataFrame:
     import ray
 
     from pipeline.ray_setup import init_ray
-    from recaption.base import check_model_dir, select_backend
+    from recaption.base import check_model_dir, select_backend, vllm_python
 
     rc = cfg.recaption
     check_model_dir(rc.model)
-    backend = select_backend(rc.backend)
+    python = vllm_python(rc.vllm.python)
+    cluster_gpus = _cluster_gpus(cfg) if rc.backend == "auto" or rc.num_gpus_per_actor is None else 0.0
+    backend = select_backend(rc.backend, cluster_gpus, python)
     want = accounting.passed(previous_decisions(cfg, "recaption"))
     shards = source_shards(cfg, "recaption")
     # Captions are expensive: a resume with another model or prompt is refused, not mixed in.
@@ -154,15 +173,12 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
     if units:
         init_ray(cfg.ray)
         ray.data.DataContext.get_current().enable_progress_bars = False  # tqdm below tracks shards
-        gpus = rc.num_gpus_per_actor
-        if gpus is None:  # one model per GPU when the cluster has GPUs (vLLM: one per TP rank)
-            has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-            gpus = float(rc.vllm.tensor_parallel_size if backend == "vllm" else (1 if has_gpu else 0))
+        from recaption.placement import actor_options
         ds = (ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 200)))
               .map(load_chunk)
               .map_batches(CaptionActor, fn_constructor_kwargs={"rc": rc, "backend": backend}, batch_size=1,
-                           compute=ray.data.ActorPoolStrategy(size=rc.num_actors), num_gpus=gpus,
-                           num_cpus=0 if gpus else 1))
+                           compute=ray.data.ActorPoolStrategy(size=rc.num_actors),
+                           **actor_options(rc, backend, cluster_gpus, python)))
         got = defaultdict(dict)
         bar = tqdm(total=sum(expected.values()), desc="recaption", unit="img")
         for row in ds.iter_rows():

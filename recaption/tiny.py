@@ -46,16 +46,20 @@ def build_tokenizer():
     return fast
 
 
-def tiny_config():
+def tiny_config(head_dim: int = 16):
+    """head_dim 16 keeps CPU tests fast; vLLM's CPU and FlashAttention backends need >= 32."""
     from transformers import Qwen2_5_VLConfig
 
+    if head_dim % 16:
+        raise ValueError(f"head_dim={head_dim}: a multiple of 16 (M-RoPE splits head_dim / 2 as 2:3:3)")
+    h = head_dim
     return Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        text_config=dict(vocab_size=VOCAB_SIZE, hidden_size=4 * h, intermediate_size=8 * h, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                          rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                          "mrope_section": [2, 3, 3]},  # sums to head_dim / 2
+                                          "mrope_section": [h // 8, 3 * h // 16, 3 * h // 16]},  # sums to head_dim / 2
                          tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151645),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+        vision_config=dict(depth=2, hidden_size=2 * h, intermediate_size=4 * h, num_heads=2, out_hidden_size=4 * h,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
                            fullatt_block_indexes=[1]),
         image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
@@ -63,14 +67,14 @@ def tiny_config():
     )
 
 
-def build_tiny_captioner(out_dir: str, seed: int = 0, max_pixels: int = 112 * 112) -> str:
+def build_tiny_captioner(out_dir: str, seed: int = 0, max_pixels: int = 112 * 112, head_dim: int = 16) -> str:
     """Save tokenizer + image processor + random tiny Qwen2.5-VL to out_dir; returns out_dir."""
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(tiny_config()).eval()
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(head_dim)).eval()
     model.generation_config = GenerationConfig(eos_token_id=[151645, 151643], pad_token_id=151643)
     model.save_pretrained(out_dir)
     build_tokenizer().save_pretrained(out_dir)
@@ -82,8 +86,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--head-dim", type=int, default=16, help="attention head size (vLLM needs >= 32)")
     a = p.parse_args(argv)
-    print(build_tiny_captioner(a.out, a.seed))
+    print(build_tiny_captioner(a.out, a.seed, head_dim=a.head_dim))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ _pending = _Pending()
 def send_features(features: torch.Tensor, consumers: list[int]) -> None:
     """First stage: post the features (and their shape) to each consumer stage (group ranks)."""
     group, ranks = feature_group()
-    header = torch.tensor(features.shape, dtype=torch.long)
+    header = torch.tensor(features.shape, dtype=torch.long, device=features.device)  # NCCL: CUDA only
     payload = features.detach().contiguous()
     for stage in consumers:
         dst = ranks[stage]
@@ -65,7 +65,7 @@ def send_features(features: torch.Tensor, consumers: list[int]) -> None:
 def recv_features(dtype: torch.dtype, device, with_grad: bool) -> torch.Tensor:
     """Consumer stage: receive this micro-batch's features; with_grad sends the gradient back."""
     group, ranks = feature_group()
-    header = torch.empty(3, dtype=torch.long)
+    header = torch.empty(3, dtype=torch.long, device=device)
     dist.recv(header, ranks[0], group=group)
     feats = torch.empty(*header.tolist(), dtype=dtype, device=device)
     dist.recv(feats, ranks[0], group=group)

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_ext.device import fused_softmax_available
+
 
 def qwen2_transformer_config(llm: dict, tensor_parallel: int = 1, pipeline_parallel: int = 1,
                              dtype: torch.dtype = torch.float32, **overrides):
@@ -24,9 +26,10 @@ def qwen2_transformer_config(llm: dict, tensor_parallel: int = 1, pipeline_paral
         attention_dropout=0.0, hidden_dropout=0.0,
         tensor_model_parallel_size=tensor_parallel, pipeline_model_parallel_size=pipeline_parallel,
         params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
-        # fused kernels need CUDA; on CPU the unfused paths of the same modules run
+        # fused kernels need CUDA; on CPU the unfused paths of the same modules run. The masked
+        # softmax kernel is an Apex/Megatron extension module, on only where it imports
         use_cpu_initialization=not on_gpu, bias_activation_fusion=on_gpu,
-        bias_dropout_fusion=on_gpu, masked_softmax_fusion=on_gpu, apply_rope_fusion=False,
+        bias_dropout_fusion=on_gpu, masked_softmax_fusion=fused_softmax_available(), apply_rope_fusion=False,
         persist_layer_norm=on_gpu, gradient_accumulation_fusion=False,
     )
     kwargs.update(overrides)

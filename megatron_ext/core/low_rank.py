@@ -121,6 +121,7 @@ class LowRankMixin(ConditionedLayer):
         self._merged_delta = self.delta_weight(A).to(self.weight.dtype)
         self.weight.add_(self._merged_delta)
         self.merged = True
+        self._weight_changed()
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -129,6 +130,13 @@ class LowRankMixin(ConditionedLayer):
         self.weight.sub_(self._merged_delta)  # the delta that was added (round trip to float rounding)
         del self._merged_delta
         self.merged = False
+        self._weight_changed()
+
+    def _weight_changed(self) -> None:
+        """TE casts the weight to FP8 on a micro-batch flagged first and reuses that copy until
+        the next one: after an in-place change, the next forward must recast it."""
+        if hasattr(self, "is_first_microbatch"):
+            self.is_first_microbatch = True
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None):
         """The base's distributed-checkpoint entries, with TP-sharded adapters marked as such (the

@@ -2,7 +2,8 @@
 
 Layout under <run_dir>/checkpoints:
     step_000010/        a complete dist_checkpointing directory (model, optimizer, scheduler,
-                        step, loader position per DP rank, RNG per rank)
+                        step, loader position per DP rank, RNG per rank: CPU, CUDA
+                        and Megatron's tensor-parallel tracker)
     latest              text file naming the newest complete checkpoint
 A save writes into step_XXXXXX.tmp, renames it into place once every rank has finished, then
 replaces `latest` atomically (write + os.replace). A save killed at any point leaves the previous
@@ -77,7 +78,7 @@ def _state(model, optimizer, scheduler, loader, step: int, is_loading: bool, ext
         # one loader position per DP rank (replicated over TP/PP), one RNG state per process
         state["loader"] = ShardedObject("loader", None if is_loading else loader.state_dict(),
                                         (dp,), (dp_rank,), replica_id=(0, tp, pp))
-        state["rng"] = ShardedObject("rng", None if is_loading else torch.get_rng_state(),
+        state["rng"] = ShardedObject("rng", None if is_loading else rng_state(),
                                      (world,), (rank,), replica_id=0)
     return state
 
@@ -113,6 +114,34 @@ def save(root: Path, step: int, model, optimizer, scheduler, loader, extra: dict
     return final
 
 
+def rng_state() -> dict:
+    """This process's generators: the CPU one, the current CUDA device's, and Megatron's tracker
+    (the tensor-parallel dropout/init streams, forked from the CUDA generator)."""
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "tracker": {k: v.clone() for k, v in get_cuda_rng_tracker().get_states().items()}}
+
+
+def set_rng_state(state) -> None:
+    """Restore rng_state(); a bare tensor (checkpoints written before the CUDA state was saved) is
+    the CPU generator alone."""
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    if isinstance(state, torch.Tensor):
+        torch.set_rng_state(state)
+        return
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] is not None:
+        if not torch.cuda.is_available():
+            raise RuntimeError("this checkpoint holds a CUDA RNG state; resume it on a CUDA machine "
+                               "(or load its weights with train.init_from)")
+        torch.cuda.set_rng_state(state["cuda"])
+    if state["tracker"]:
+        get_cuda_rng_tracker().set_states({k: v.clone() for k, v in state["tracker"].items()})
+
+
 def _materialise_optimizer_state(optimizer) -> None:
     """torch's Adam creates its state (and `step`) lazily; the distributed optimizer's state_dict
     needs it to exist before a load fills it in. Megatron's own dummy step does that (zero grads;
@@ -132,7 +161,7 @@ def load(path: Path, model, optimizer, scheduler, loader) -> dict:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     loader.load_state_dict(state["loader"])
-    torch.set_rng_state(state["rng"])
+    set_rng_state(state["rng"])
     return {"step": int(state["step"]), "extra": state["extra"]}
 
 
@@ -146,13 +175,45 @@ def _stored_keys(sh) -> set:
     return {getattr(sh, "key", None)}
 
 
+# One norm, two checkpoint names: TE fuses the pre-attention and pre-MLP norms into linear_qkv /
+# linear_fc1 (layer_norm_weight), and Megatron's local spec saves its own norms under those fused
+# names (its sharded_state_dict_keys_map); a TE layer whose linears a method replaced has a TENorm
+# of its own (core.specs.unfuse_te_norms), saved as input_layernorm / pre_mlp_layernorm. A stage that
+# switches backends (S1 local, S2 TE) reads whichever name the checkpoint holds.
+NORM_ALIASES = ((".input_layernorm.weight", ".self_attention.linear_qkv.layer_norm_weight"),
+                (".pre_mlp_layernorm.weight", ".mlp.linear_fc1.layer_norm_weight"))
+
+
+def _norm_alias(key: str) -> Optional[str]:
+    for a, b in NORM_ALIASES:
+        for mine, other in ((a, b), (b, a)):
+            if key.endswith(mine):
+                return key[: -len(mine)] + other
+    return None
+
+
+def _under_saved_names(entries: dict, saved: set) -> dict:
+    """Entries whose key the checkpoint lacks but holds under the other backend's norm name
+    (S1 on local layers, S2 on TE or back) read that name; the rest are unchanged."""
+    import dataclasses
+
+    out = {}
+    for k, sh in entries.items():
+        alias = _norm_alias(getattr(sh, "key", "") or "")
+        if alias is not None and sh.key not in saved and alias in saved:
+            sh = dataclasses.replace(sh, key=alias)
+        out[k] = sh
+    return out
+
+
 def load_weights(path: Path, model) -> dict:
-    """Model weights only, at any TP/PP layout (stage chaining, resharding). Parameters the
-    checkpoint does not have (a part new to this stage) keep their initialisation and are listed."""
+    """Model weights only, at any TP/PP layout (stage chaining, resharding) and across the local
+    and TE backends (NORM_ALIASES). Parameters the checkpoint does not have (a part new to this
+    stage) keep their initialisation and are listed."""
     from megatron.core import dist_checkpointing
 
-    sharded = {"model": _model_state(model)}
     saved = set(dist_checkpointing.load_tensors_metadata(str(path)))
+    sharded = {"model": _under_saved_names(_model_state(model), saved)}
     present = {k: v for k, v in sharded["model"].items() if _stored_keys(v) <= saved}
     missing = sorted(k for k in sharded["model"] if k not in present)
     if not present:

@@ -9,6 +9,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from megatron_ext.device import compute_device, host_tensor
+
 
 class NonFiniteLoss(RuntimeError):
     pass
@@ -21,7 +23,7 @@ def forward_step_func(nan: bool = False):
     def forward_step(data_iterator, model):
         b = next(data_iterator)  # every stage reads the micro-batch: its visual features (rule 7)
         if torch.cuda.is_available():  # the loaders build batches on the host
-            b = {k: v.to(torch.cuda.current_device(), non_blocking=True) for k, v in b.items()}
+            b = {k: v.to(compute_device(), non_blocking=True) for k, v in b.items()}
         # the rest of the batch is what the method's model takes by name: visual_features, or
         # pixel_values (and image_mask where the image's tokens are in the sequence)
         inputs = {k: v for k, v in b.items() if k not in _TEXT_KEYS}
@@ -44,7 +46,7 @@ def reduce_loss(results: list) -> float:
     """Mean micro-batch loss over DP replicas, known on every rank."""
     from megatron.core import parallel_state
 
-    t = torch.zeros(2, dtype=torch.float64)
+    t = host_tensor([0.0, 0.0])
     if parallel_state.is_pipeline_last_stage() and results:
         t[0] = torch.stack([r["loss"].double() for r in results]).mean()
         t[1] = 1
@@ -59,8 +61,7 @@ def aux_loss_scale(config, num_microbatches: int) -> float:
     Megatron's MoE aux losses) take the same factor, so the gradient is that of the total loss."""
     if config.grad_scale_func is None:
         return 1.0 / num_microbatches
-    device = torch.cuda.current_device() if torch.cuda.is_available() else torch.device("cpu")
-    return float(config.grad_scale_func(torch.ones(1, device=device))) / num_microbatches
+    return float(config.grad_scale_func(torch.ones(1, device=compute_device()))) / num_microbatches
 
 
 def reduce_aux(model) -> float | None:
@@ -73,7 +74,7 @@ def reduce_aux(model) -> float | None:
     mine = model.stage_aux_loss()
     if mine is None:
         return None
-    t = torch.tensor([mine], dtype=torch.float64)
+    t = host_tensor([mine])
     dist.all_reduce(t)
     return t.item() / (ps.get_tensor_model_parallel_world_size() * ps.get_data_parallel_world_size())
 

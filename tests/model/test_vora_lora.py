@@ -78,3 +78,15 @@ def test_adapter_parameters_carry_megatron_partition_attributes():
     assert not col.lora_A_weight["q"].tensor_model_parallel
     assert row.lora_A_weight["down"].tensor_model_parallel and row.lora_A_weight["down"].partition_dim == 1
     assert not row.lora_B["down"].tensor_model_parallel
+
+
+def test_merge_and_unmerge_make_te_recast_its_fp8_weight():
+    """TE reuses its FP8 copy of the weight until a micro-batch is flagged first; an in-place merge
+    must raise that flag (Megatron's local layers have no such cache, so it is set by hand here)."""
+    layer, _ = _layer("qkv")
+    layer.is_first_microbatch = False  # what TE's linear holds after its first micro-batch
+    layer.merge()
+    assert layer.is_first_microbatch is True
+    layer.is_first_microbatch = False
+    layer.unmerge()
+    assert layer.is_first_microbatch is True
