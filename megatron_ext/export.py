@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_ext.hf.qwen2 import megatron_to_hf
+from megatron_ext.hf.decoder import hf_text_config, megatron_to_hf
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -26,20 +26,6 @@ SHIPPED = [HERE / "hf" / "remote" / "configuration_paramvision.py",
 IMAGE_TOKEN = "<|image_pad|>"  # VoRA's image placeholder, a Qwen2.5 special token
 AUTO_MAP = {"AutoConfig": "configuration_paramvision.ParamVisionConfig",
             "AutoModelForCausalLM": "modeling_paramvision.ParamVisionForCausalLM"}
-
-
-def qwen2_text_config(llm: dict, hf_vocab_size: int, dtype: str = "float32"):
-    from transformers import Qwen2Config
-
-    heads = llm["num_attention_heads"]
-    return Qwen2Config(
-        hidden_size=llm["hidden_size"], intermediate_size=llm["ffn_hidden_size"],
-        num_hidden_layers=llm["num_layers"], num_attention_heads=heads,
-        num_key_value_heads=llm.get("num_query_groups", heads),
-        head_dim=llm.get("kv_channels") or llm["hidden_size"] // heads, vocab_size=hf_vocab_size,
-        max_position_embeddings=llm["max_position_embeddings"], rms_norm_eps=llm.get("norm_eps", 1e-6),
-        rope_parameters={"rope_type": "default", "rope_theta": float(llm.get("rope_theta", 1e6))},
-        tie_word_embeddings=bool(llm.get("tie_word_embeddings", False)), dtype=dtype)
 
 
 def _injection(lm, tokenizer) -> tuple[str, str, dict]:
@@ -112,7 +98,7 @@ def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_process
     config = {
         "architectures": ["ParamVisionForCausalLM"], "model_type": "paramvision", "auto_map": AUTO_MAP,
         "method": method, "feature_layer": tower.feature_layer if tower else None, "dtype": dtype,
-        "text_config": qwen2_text_config(llm, hf_vocab, dtype).to_dict(),
+        "text_config": hf_text_config(llm, hf_vocab, dtype).to_dict(),  # Qwen2 or Llama (llm.architecture)
         "vision_config": tower.model.config.to_dict() if tower else None,
         "injection": injection,
     }

@@ -145,6 +145,18 @@ def _check_vora(cfg: TrainConfig, trainable: list) -> None:
                           "drop distillation with the preset's vora.distill_layers: []")
 
 
+def _check_llm_weights(cfg: TrainConfig) -> None:
+    """Before any model is built: model.llm_weights must be the preset's LLM (a mismatched
+    rope_theta or norm would load silently)."""
+    from megatron_ext.hf.decoder import CheckpointError, check_preset
+    from megatron_ext.methods import resolve_preset
+
+    try:
+        check_preset(resolve_preset(cfg.model.preset)["llm"], cfg.model.llm_weights)
+    except CheckpointError as e:
+        raise ConfigError(f"model.llm_weights={cfg.model.llm_weights}: {e}") from None
+
+
 def _log_trainable(summary: dict, trainable: list) -> None:
     """One line per TP/PP rank (DP replicas are identical): every group's tensors and elements."""
     from megatron.core import parallel_state as ps
@@ -189,6 +201,8 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     vora = cfg.model.method == "vora"
     if vora:
         _check_vora(cfg, trainable)
+    if cfg.model.llm_weights:
+        _check_llm_weights(cfg)
     preset, model = build_model(cfg, dtype, train_vision="vision" in trainable)
     if not vora and cfg.data.kind != "synthetic" and not hasattr(model, "encode"):
         raise ConfigError(
@@ -218,8 +232,8 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
             log.info("init_from %s: %d tensors loaded; kept at initialisation: %s", src,
                      info["loaded"], info["kept_at_init"] or "none")
     elif resume_from is None and cfg.model.llm_weights:
-        from megatron_ext.hf.qwen2 import load_qwen2
-        load_qwen2(getattr(model, "lm", model).language_model, cfg.model.llm_weights)
+        from megatron_ext.hf.decoder import load_llm
+        load_llm(getattr(model, "lm", model).language_model, cfg.model.llm_weights)
 
     ddp = optim.wrap_ddp(model, cfg)
     optimizer = optim.build_optimizer(ddp, cfg, dtype)

@@ -1,4 +1,4 @@
-"""Config of an exported parameter-space vision model (ROSE): a Qwen2 text config, a vision
+"""Config of an exported parameter-space vision model: a Qwen2 or Llama text config, a vision
 encoder config, and the injection settings."""
 
 from transformers import AutoConfig, PretrainedConfig
