@@ -22,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 SHIPPED = [HERE / "hf" / "remote" / "configuration_paramvision.py",
            HERE / "hf" / "remote" / "modeling_paramvision.py",
            HERE / "hf" / "remote" / "processing_paramvision.py", HERE / "rotation.py", HERE / "vrmg.py",
-           HERE / "vlora_generator.py", HERE / "vora_embedding.py"]
+           HERE / "vlora_generator.py", HERE / "vora_embedding.py",
+           HERE / "hf" / "efficientnet.py"]  # the EfficientNet-Lite tower (not in transformers)
 IMAGE_TOKEN = "<|image_pad|>"  # VoRA's image placeholder, a Qwen2.5 special token
 AUTO_MAP = {"AutoConfig": "configuration_paramvision.ParamVisionConfig",
             "AutoModelForCausalLM": "modeling_paramvision.ParamVisionForCausalLM"}

@@ -91,3 +91,38 @@ def test_classifier_stays_frozen_and_rose_takes_its_tokens(efficientnet_dir):
         a, b = (vlm(ids, torch.arange(10)[None], None, pixel_values=_pixels(efficientnet_dir, _photo(p)))
                 for p in ("chelsea", "coffee"))
     assert a.shape[-1] == 256 and (a - b).abs().max() > 1e-3
+
+
+@pytest.mark.usefixtures("megatron_single_process")
+def test_export_with_the_efficientnet_tower_loads_in_transformers(efficientnet_dir, tmp_path):
+    """The export ships the tower's code (it is not a transformers model): its logits equal
+    Megatron's, and its processor prepares images as the tower's folder does."""
+    from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoProcessor
+
+    from megatron_ext.export import export_model
+    from megatron_ext.methods import build_model, resolve_preset
+    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.vlm import VisionLanguageModel
+    from recaption.tiny import build_tokenizer
+    from rose_helpers import randomize_generator
+
+    preset = json.loads(json.dumps(resolve_preset("tiny")))
+    preset["vision"]["hidden_size"] = 1280
+    preset["llm"]["vocab_size"] = 151680  # the tokenizer's (Qwen2.5's) vocabulary
+    torch.manual_seed(0)
+    lm = build_model(preset, method="rose", backend="local")
+    randomize_generator(lm, scale=0.1)
+    vlm = VisionLanguageModel(lm, VisionTower.from_pretrained(efficientnet_dir),
+                              lm.rose.equipped_layers(lm.config.num_layers), train_vision=False).eval()
+    out = export_model(vlm, preset["llm"], tmp_path / "export", build_tokenizer(),
+                       AutoImageProcessor.from_pretrained(efficientnet_dir))
+    assert (out / "efficientnet.py").is_file()
+    hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
+    inputs = processor(images=_photo("chelsea"), text="What shape is it?")
+    torch.testing.assert_close(inputs["pixel_values"], _pixels(efficientnet_dir, _photo("chelsea")))
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        theirs = hf(**inputs).logits
+        ours = vlm(ids, torch.arange(ids.shape[1])[None], None, pixel_values=inputs["pixel_values"])
+    assert (ours[..., :theirs.shape[-1]] - theirs).abs().max() < 1e-4

@@ -4,6 +4,15 @@ encoder config, and the injection settings."""
 from transformers import AutoConfig, PretrainedConfig
 
 
+def _vision_config(values: dict):
+    """A transformers vision config, or the config of a tower shipped beside this file
+    (EfficientNet-Lite, efficientnet.py: not a transformers model)."""
+    if values.get("model_type") == "efficientnet_lite":
+        from .efficientnet import EfficientNetLiteConfig
+        return EfficientNetLiteConfig(**values)
+    return AutoConfig.for_model(**values)
+
+
 class ParamVisionConfig(PretrainedConfig):
     model_type = "paramvision"
 
@@ -12,7 +21,7 @@ class ParamVisionConfig(PretrainedConfig):
         if isinstance(text_config, dict):
             text_config = AutoConfig.for_model(**text_config)
         if isinstance(vision_config, dict):
-            vision_config = AutoConfig.for_model(**vision_config)
+            vision_config = _vision_config(vision_config)
         self.text_config = text_config
         self.vision_config = vision_config
         self.method = method

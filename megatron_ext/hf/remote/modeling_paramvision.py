@@ -101,6 +101,13 @@ class PerceptualLoRAProjection(nn.Linear):
         return self.scale * self.lora_B @ W_v.T
 
 
+def _vision_tower(vision_config):
+    if vision_config.model_type == "efficientnet_lite":  # shipped beside this file (efficientnet.py)
+        from .efficientnet import EfficientNetLite
+        return EfficientNetLite(vision_config)
+    return AutoModel.from_config(vision_config)
+
+
 def _is_prefill(past_key_values, cache_position) -> bool:
     """True on the first forward of a generation (or outside generation): the image is read then."""
     if cache_position is not None:
@@ -129,7 +136,7 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
             self.layers = []
             self.post_init()
             return
-        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.vision_tower = _vision_tower(config.vision_config)
         self.layers = list(inj["layers"])
         self._conditioning: dict = {}
         decoder = self.language_model.model.layers
