@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from megatron.core import parallel_state
 
-from megatron_ext.fused_layout import fuse
+from megatron_ext.core.fused_layout import fuse
 from megatron_ext.hf import arch as arches
 from megatron_ext.hf.safetensors_dir import CheckpointError, SafetensorsDir
-from megatron_ext.llm_config import megatron_rope_kwargs
-from megatron_ext.specs import stage_layers
+from megatron_ext.core.llm_config import megatron_rope_kwargs
+from megatron_ext.core.specs import stage_layers
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ def megatron_to_hf(state: dict, config, hf_vocab_size: int, prefix: str = "") ->
 
     Accepts plain fused linears, per-part (ROSE) linears and TE's fused norms; drops padded
     vocabulary rows. `prefix` is prepended to every Hugging Face name."""
-    from megatron_ext.fused_layout import unfuse
+    from megatron_ext.core.fused_layout import unfuse
 
     out = {}
     put = lambda name, t: out.__setitem__(prefix + name, t.detach().clone().contiguous())

@@ -71,7 +71,7 @@ def test_classifier_stays_frozen_and_rose_takes_its_tokens(efficientnet_dir):
     over its 49 x 1280 tokens: different images give different logits."""
     from megatron_ext.methods import build_model, resolve_preset
     from megatron_ext.vision_tower import VisionTower
-    from megatron_ext.vlm import VisionLanguageModel
+    from megatron_ext.core.vlm import VisionLanguageModel
     from rose_helpers import randomize_generator
 
     tower = VisionTower.from_pretrained(efficientnet_dir)
@@ -102,7 +102,7 @@ def test_export_with_the_efficientnet_tower_loads_in_transformers(efficientnet_d
     from megatron_ext.export import export_model
     from megatron_ext.methods import build_model, resolve_preset
     from megatron_ext.vision_tower import VisionTower
-    from megatron_ext.vlm import VisionLanguageModel
+    from megatron_ext.core.vlm import VisionLanguageModel
     from recaption.tiny import build_tokenizer
     from rose_helpers import randomize_generator
 

@@ -157,7 +157,7 @@ def test_rose_export_of_a_llama_base_loads_and_merges_to_a_plain_llama(tmp_path,
     from megatron_ext.hf.decoder import llm_preset_from_hf, load_llm
     from megatron_ext.methods import build_model
     from megatron_ext.vision_tower import VisionTower
-    from megatron_ext.vlm import VisionLanguageModel
+    from megatron_ext.core.vlm import VisionLanguageModel
     from recaption.tiny import build_tokenizer
     from rose_helpers import randomize_generator
 
@@ -197,7 +197,7 @@ def test_presets_are_llama_presets_the_converter_reads(tmp_path):
     from transformers import LlamaConfig
 
     from megatron_ext.hf.decoder import CheckpointError, check_preset
-    from megatron_ext.llm_config import qwen2_transformer_config
+    from megatron_ext.core.llm_config import qwen2_transformer_config
     from megatron_ext.methods import resolve_preset
 
     published = {  # the values of the checkpoints' config.json on the Hugging Face hub
