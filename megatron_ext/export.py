@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from huggingface_hub import save_torch_state_dict
 from megatron.core import parallel_state
-from transformers import (AutoImageProcessor, AutoTokenizer, GenerationConfig, Qwen2Config,
+from transformers import (AutoImageProcessor, AutoTokenizer, GenerationConfig,
                           SiglipImageProcessorPil)
 
 from megatron_ext.core.vlm import VisionLanguageModel
 from megatron_ext.data.loader import pixel_stats
-from megatron_ext.hf.qwen2 import megatron_to_hf
+from megatron_ext.hf.decoder import hf_text_config, megatron_to_hf
 from megatron_ext.methods import get_method
 from megatron_ext.methods.training import build_training_model
 from megatron_ext.parallel import init_parallel
@@ -38,21 +38,10 @@ SHIPPED = [HERE / "hf" / "remote" / "configuration_paramvision.py",
            HERE / "hf" / "remote" / "processing_paramvision.py",
            HERE / "methods" / "rose" / "rotation.py", HERE / "methods" / "rose" / "vrmg.py",
            HERE / "methods" / "vlora" / "vlora_generator.py",
-           HERE / "methods" / "vora" / "vora_embedding.py"]
+           HERE / "methods" / "vora" / "vora_embedding.py",
+           HERE / "hf" / "efficientnet.py"]  # the EfficientNet-Lite tower (not in transformers)
 AUTO_MAP = {"AutoConfig": "configuration_paramvision.ParamVisionConfig",
             "AutoModelForCausalLM": "modeling_paramvision.ParamVisionForCausalLM"}
-
-
-def qwen2_text_config(llm: dict, hf_vocab_size: int, dtype: str = "float32"):
-    heads = llm["num_attention_heads"]
-    return Qwen2Config(
-        hidden_size=llm["hidden_size"], intermediate_size=llm["ffn_hidden_size"],
-        num_hidden_layers=llm["num_layers"], num_attention_heads=heads,
-        num_key_value_heads=llm.get("num_query_groups", heads),
-        head_dim=llm.get("kv_channels") or llm["hidden_size"] // heads, vocab_size=hf_vocab_size,
-        max_position_embeddings=llm["max_position_embeddings"], rms_norm_eps=llm.get("norm_eps", 1e-6),
-        rope_parameters={"rope_type": "default", "rope_theta": float(llm.get("rope_theta", 1e6))},
-        tie_word_embeddings=bool(llm.get("tie_word_embeddings", False)), dtype=dtype)
 
 
 def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_processor,
@@ -92,7 +81,7 @@ def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_process
     config = {
         "architectures": ["ParamVisionForCausalLM"], "model_type": "paramvision", "auto_map": AUTO_MAP,
         "method": spec.name, "feature_layer": tower.feature_layer if tower else None, "dtype": dtype,
-        "text_config": qwen2_text_config(llm, hf_vocab, dtype).to_dict(),
+        "text_config": hf_text_config(llm, hf_vocab, dtype).to_dict(),  # Qwen2 or Llama (llm.architecture)
         "vision_config": tower.model.config.to_dict() if tower else None,
         "injection": part.injection,
     }

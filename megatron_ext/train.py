@@ -23,6 +23,7 @@ import torch.distributed as dist
 import yaml
 
 from megatron_ext.device import host_tensor, place_model
+from megatron_ext.hf.decoder import load_llm
 from megatron_ext.training.config import ConfigError, TrainConfig, load_config, num_microbatches, validate
 from pvcommon.errors import ArgumentParser
 from pvcommon import lifetime  # at import: a writer a worker spawns takes its guard
@@ -47,6 +48,18 @@ class _Preemption:
         t = host_tensor([1.0 if self.flag else 0.0])
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
+
+
+def _check_llm_weights(cfg: TrainConfig) -> None:
+    """Before any model is built: model.llm_weights must be the preset's LLM (a mismatched
+    rope_theta or norm would load silently)."""
+    from megatron_ext.hf.decoder import CheckpointError, check_preset
+    from megatron_ext.methods import resolve_preset
+
+    try:
+        check_preset(resolve_preset(cfg.model.preset)["llm"], cfg.model.llm_weights)
+    except CheckpointError as e:
+        raise ConfigError(f"model.llm_weights={cfg.model.llm_weights}: {e}") from None
 
 
 def _log_trainable(summary: dict, trainable: list) -> None:
@@ -95,6 +108,8 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
 
     trainable = trainable_groups(cfg)
     check_training(cfg, trainable)
+    if cfg.model.llm_weights:
+        _check_llm_weights(cfg)
     preset, model = build_training_model(cfg, dtype, trainable)
     summary = stages.apply_trainable(model, trainable)
     _log_trainable(summary, trainable)
@@ -109,8 +124,7 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
             log.info("init_from %s: %d tensors loaded; kept at initialisation: %s", src,
                      info["loaded"], info["kept_at_init"] or "none")
     elif resume_from is None and cfg.model.llm_weights:
-        from megatron_ext.hf.qwen2 import load_qwen2
-        load_qwen2(model.injected.language_model, cfg.model.llm_weights)
+        load_llm(model.injected.language_model, cfg.model.llm_weights)
 
     place_model(model)  # every part, frozen or not, on this rank's GPU before DDP (no-op on CPU)
     ddp = optim.wrap_ddp(model, cfg)

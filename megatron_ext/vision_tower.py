@@ -1,8 +1,10 @@
 """Vision encoders from Hugging Face checkpoints on local disk (SigLIP/SigLIP2 for ROSE, CLIP for
-VLoRA, AIMv2 as VoRA's teacher), returning the hidden states of a chosen layer."""
+VLoRA, AIMv2 as VoRA's teacher, EfficientNet-Lite0: real ImageNet weights that install offline,
+megatron_ext/hf/efficientnet.py), returning the hidden states of a chosen layer."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -17,6 +19,7 @@ _TOWERS = {"siglip_vision_model": "SiglipVisionModel", "siglip": "SiglipVisionMo
            "siglip2_vision_model": "Siglip2VisionModel", "siglip2": "Siglip2VisionModel",
            "clip_vision_model": "CLIPVisionModel", "clip": "CLIPVisionModel",
            "aimv2_vision_model": "Aimv2VisionModel", "aimv2": "Aimv2VisionModel"}
+_OWN = {"efficientnet_lite": "megatron_ext.hf.efficientnet:EfficientNetLite"}  # not in transformers
 
 
 class VisionTower(nn.Module):
@@ -38,7 +41,9 @@ class VisionTower(nn.Module):
         # blocks after the feature layer, the final norm and pooling heads never reach the features:
         # they stay frozen so optimizers and gradient buffers do not carry them
         used = feature_layer if feature_layer >= 0 else n + 1 + feature_layer
-        self.unused = {name for name, _ in model.named_parameters() if _unused(name, used)}
+        classifier = tuple(getattr(model, "classifier_prefixes", ()))  # e.g. an ImageNet head
+        self.unused = {name for name, _ in model.named_parameters()
+                       if _unused(name, used) or (classifier and name.startswith(classifier))}
         for name, p in model.named_parameters():
             if name in self.unused:
                 p.requires_grad_(False)
@@ -58,6 +63,12 @@ class VisionTower(nn.Module):
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"vision encoder directory {path} has no config.json")
+        own = _OWN.get(json.loads((path / "config.json").read_text()).get("model_type"))
+        if own:
+            model = _own_class(own).from_pretrained(path, dtype=dtype)
+            log.info("vision encoder %s from %s (width %d, its last feature map)", type(model).__name__,
+                     path, model.config.hidden_size)
+            return cls(model, feature_layer)
         config = transformers.AutoConfig.from_pretrained(path)
         vision_config = getattr(config, "vision_config", config)  # full CLIP/SigLIP checkpoints nest it
         name = _TOWERS.get(vision_config.model_type)
@@ -73,6 +84,9 @@ class VisionTower(nn.Module):
     def from_config(cls, vision_config, feature_layer: int = -1) -> "VisionTower":
         import transformers
 
+        own = _OWN.get(vision_config.model_type)
+        if own:
+            return cls(_own_class(own)(vision_config), feature_layer)
         return cls(getattr(transformers, _TOWERS[vision_config.model_type])(vision_config), feature_layer)
 
     def forward(self, pixel_values: torch.Tensor, **processor_outputs) -> torch.Tensor:
@@ -82,6 +96,13 @@ class VisionTower(nn.Module):
         """The hidden states of several layers from one forward (VoRA distils every block)."""
         out = self.model(pixel_values=pixel_values, output_hidden_states=True, **processor_outputs)
         return [out.hidden_states[l][:, 1:] if self.drop_cls else out.hidden_states[l] for l in layers]
+
+
+def _own_class(spec: str):
+    import importlib
+
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _unused(name: str, used_blocks: int) -> bool:

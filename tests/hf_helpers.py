@@ -25,9 +25,26 @@ def write_qwen2(path: Path, seed: int = 0, **overrides) -> Path:
     return path
 
 
-def hf_logits(path: Path, input_ids: torch.Tensor) -> torch.Tensor:
-    from transformers import Qwen2ForCausalLM
+LLAMA_TINY = dict(hidden_size=96, intermediate_size=192, num_hidden_layers=4, num_attention_heads=6,
+                  num_key_value_heads=3, vocab_size=250, max_position_embeddings=128,
+                  rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
 
-    model = Qwen2ForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+def write_llama(path: Path, seed: int = 0, rope_scaling: dict | None = None, **overrides) -> Path:
+    """A random LlamaForCausalLM (6 heads: TP 1, 2 with 2 KV heads, 3 with 3)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = dict(LLAMA_TINY, **overrides)
+    rope = {"rope_type": "default", "rope_theta": cfg.pop("rope_theta")}
+    rope.update(rope_scaling or {})
+    torch.manual_seed(seed)
+    LlamaForCausalLM(LlamaConfig(**cfg, rope_parameters=rope)).save_pretrained(path)
+    return path
+
+
+def hf_logits(path: Path, input_ids: torch.Tensor) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     with torch.no_grad():
         return model(input_ids).logits

@@ -29,7 +29,7 @@ class InjectedGPTModel(MegatronModule):
     def __init__(self, config, equipped_layers: list[int], vocab_size: int,
                  max_sequence_length: int, backend: str = "auto", pre_process: bool | None = None,
                  post_process: bool | None = None, rotary_base: float = 1000000.0,
-                 share_embeddings_and_output_weights: bool = False):
+                 share_embeddings_and_output_weights: bool = False, **rope_kwargs):
         super().__init__(config)
         self.model_type = ModelType.encoder_or_decoder  # read by Megatron's pipeline schedules
         self.pre_process = parallel_state.is_pipeline_first_stage() if pre_process is None else pre_process
@@ -42,7 +42,8 @@ class InjectedGPTModel(MegatronModule):
         self.language_model = GPTModel(
             config, spec, vocab_size, max_sequence_length, pre_process=self.pre_process,
             post_process=self.post_process, position_embedding_type="rope", rotary_base=rotary_base,
-            share_embeddings_and_output_weights=share_embeddings_and_output_weights)
+            share_embeddings_and_output_weights=share_embeddings_and_output_weights,
+            **rope_kwargs)  # RoPE scaling (core/llm_config.megatron_rope_kwargs)
         self.generator = self.make_generator() if self.equipped else None
         self.conditioning = ConditioningContext()
         for module in self.language_model.modules():

@@ -1,4 +1,5 @@
-"""Megatron TransformerConfig for Qwen2-shaped decoders (RMSNorm, SwiGLU, GQA, QKV bias, RoPE)."""
+"""Megatron TransformerConfig for Qwen2/Llama-shaped decoders (RMSNorm, SwiGLU, GQA, RoPE; QKV bias
+per llm.architecture, megatron_ext/hf/arch.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from megatron.core import parallel_state
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_ext.device import fused_softmax_available
+from megatron_ext.hf.arch import of_preset
 
 
 def qwen2_transformer_config(llm: dict, tensor_parallel: int = 1, pipeline_parallel: int = 1,
                              dtype: torch.dtype = torch.float32, **overrides):
     """llm: num_layers, hidden_size, ffn_hidden_size, num_attention_heads, num_query_groups,
-    and optionally kv_channels, norm_eps. Other TransformerConfig fields go in overrides."""
+    and optionally architecture, kv_channels, norm_eps. Other TransformerConfig fields go in overrides."""
     on_gpu = torch.cuda.is_available()
     kwargs = dict(
         num_layers=llm["num_layers"], hidden_size=llm["hidden_size"],
@@ -22,7 +24,7 @@ def qwen2_transformer_config(llm: dict, tensor_parallel: int = 1, pipeline_paral
         kv_channels=llm.get("kv_channels"),
         layernorm_epsilon=llm.get("norm_eps", 1e-6),
         normalization="RMSNorm", gated_linear_unit=True, activation_func=F.silu,
-        add_bias_linear=False, add_qkv_bias=True,
+        add_bias_linear=False, add_qkv_bias=of_preset(llm).qkv_bias,
         attention_dropout=0.0, hidden_dropout=0.0,
         tensor_model_parallel_size=tensor_parallel, pipeline_model_parallel_size=pipeline_parallel,
         params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
@@ -40,7 +42,29 @@ def gpt_model_kwargs(llm: dict) -> dict:
     """GPTModel arguments that come from the llm preset (shared by every method's builder)."""
     return dict(vocab_size=llm["vocab_size"], max_sequence_length=llm["max_position_embeddings"],
                 rotary_base=llm.get("rope_theta", 1000000.0),
-                share_embeddings_and_output_weights=bool(llm.get("tie_word_embeddings", False)))
+                share_embeddings_and_output_weights=bool(llm.get("tie_word_embeddings", False)),
+                **megatron_rope_kwargs(llm.get("rope_scaling")))
+
+
+# Megatron's Llama-3 RoPE scaling fixes these three; its factor is free
+_LLAMA3_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def megatron_rope_kwargs(scaling: dict | None) -> dict:
+    """GPTModel arguments for llm.rope_scaling (HF rope_parameters without rope_theta): `linear`
+    (positions divided by factor) or `llama3`; other kinds raise with what is supported."""
+    if not scaling:
+        return {}
+    kind, factor = scaling.get("rope_type"), scaling.get("factor")
+    if kind == "linear" and factor:
+        return {"seq_len_interpolation_factor": float(factor)}
+    if kind == "llama3" and factor:
+        off = {k: scaling.get(k) for k, v in _LLAMA3_FIXED.items() if float(scaling.get(k, v)) != v}
+        if not off:
+            return {"rope_scaling": True, "rope_scaling_factor": float(factor)}
+        raise ValueError(f"RoPE scaling llama3 with {off}: Megatron-Core's rotary embedding fixes "
+                         f"{_LLAMA3_FIXED}")
+    raise ValueError(f"RoPE scaling {scaling} is not supported: use rope_type linear or llama3 with a factor")
 
 
 def preset_transformer_config(preset: dict, dtype: torch.dtype = torch.float32,

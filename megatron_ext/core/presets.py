@@ -10,7 +10,8 @@ import yaml
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
 _LLM_KEYS = {"num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
              "num_query_groups", "kv_channels", "vocab_size", "max_position_embeddings",
-             "rope_theta", "norm_eps", "tie_word_embeddings"}
+             "rope_theta", "norm_eps", "tie_word_embeddings",
+             "architecture", "rope_scaling"}  # qwen2 (default) | llama; HF rope_parameters less theta
 
 
 def load_preset(name_or_path: str) -> dict:

@@ -20,7 +20,7 @@ class ModelSection:
     preset: str = "tiny"                 # configs/model/<preset>.yaml or a path
     method: str = "rose"                 # rose | vlora | vora
     backend: str = "auto"                # auto | te | local (TE on GPU, local on CPU)
-    llm_weights: Optional[str] = None    # a local HF Qwen2 directory to start the LLM from
+    llm_weights: Optional[str] = None    # a local HF Qwen2/Llama directory to start the LLM from
     vision_weights: Optional[str] = None  # a local HF vision tower directory (S2/S3 with pixels)
 
 

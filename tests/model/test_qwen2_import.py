@@ -135,10 +135,10 @@ def test_bad_checkpoints_fail_clearly(tmp_path, qwen2_dir):
 
     with pytest.raises(CheckpointError, match="config.json not found"):
         read_hf_config(tmp_path / "nowhere")
-    other = tmp_path / "llama"
+    other = tmp_path / "gpt2"
     other.mkdir()
-    (other / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
-    with pytest.raises(CheckpointError, match=r"\['LlamaForCausalLM'\] is not supported"):
+    (other / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(CheckpointError, match=r"\['GPT2LMHeadModel'\] is not supported"):
         read_hf_config(other)
     # config.json that does not match the weights
     bad = tmp_path / "bad"

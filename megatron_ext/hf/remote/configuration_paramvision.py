@@ -1,7 +1,16 @@
-"""Config of an exported parameter-space vision model (ROSE): a Qwen2 text config, a vision
+"""Config of an exported parameter-space vision model: a Qwen2 or Llama text config, a vision
 encoder config, and the injection settings."""
 
 from transformers import AutoConfig, PretrainedConfig
+
+
+def _vision_config(values: dict):
+    """A transformers vision config, or the config of a tower shipped beside this file
+    (EfficientNet-Lite, efficientnet.py: not a transformers model)."""
+    if values.get("model_type") == "efficientnet_lite":
+        from .efficientnet import EfficientNetLiteConfig
+        return EfficientNetLiteConfig(**values)
+    return AutoConfig.for_model(**values)
 
 
 class ParamVisionConfig(PretrainedConfig):
@@ -12,7 +21,7 @@ class ParamVisionConfig(PretrainedConfig):
         if isinstance(text_config, dict):
             text_config = AutoConfig.for_model(**text_config)
         if isinstance(vision_config, dict):
-            vision_config = AutoConfig.for_model(**vision_config)
+            vision_config = _vision_config(vision_config)
         self.text_config = text_config
         self.vision_config = vision_config
         self.method = method

@@ -1,5 +1,5 @@
 """An exported parameter-space vision model: vision encoder -> generator -> per-image changes of a
-Qwen2 LLM's projections, with nothing added to the token sequence.
+Qwen2 or Llama LLM's projections (text_config says which), with nothing added to the token sequence.
 
   ROSE:  the VRMG gives per-image rotations; a projection computes W^T (R^T x).
   VLoRA: the perceptual weights generator gives W_v; a projection computes x W + (x W_v) W_s.
@@ -8,7 +8,7 @@ Qwen2 LLM's projections, with nothing added to the token sequence.
 
 `model.generate(input_ids, pixel_values=...)` answers about an image; the image's conditioning is
 computed once (at the first step) and reused for every generated token.
-`model.merge_vision(pixel_values)` returns a plain Qwen2ForCausalLM with one image merged into its
+`model.merge_vision(pixel_values)` returns a plain Qwen2/LlamaForCausalLM with one image merged into its
 weights (ROSE: W^T R^T; VLoRA: W + W_v W_s), the papers' inference mode.
 """
 
@@ -19,7 +19,7 @@ import copy
 
 import torch
 from torch import nn
-from transformers import AutoModel, GenerationMixin, PreTrainedModel, Qwen2ForCausalLM
+from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoModel, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_paramvision import ParamVisionConfig
@@ -44,6 +44,11 @@ def input_dims(text_config) -> dict:
             "down": text_config.intermediate_size}
 
 
+def causal_lm_class(text_config):
+    """The plain transformers LLM of the exported architecture (Qwen2ForCausalLM, LlamaForCausalLM)."""
+    return MODEL_FOR_CAUSAL_LM_MAPPING[type(text_config)]
+
+
 def _no_init_weights():
     """transformers' context that skips weight initialisation (v5: transformers.initialization)."""
     try:
@@ -58,7 +63,7 @@ def _no_init_weights():
 
 class RotatedProjection(nn.Linear):
     """nn.Linear whose input is rotated per sample by the current image's R^T (same names and
-    weights as the Qwen2 projection it replaces)."""
+    weights as the Qwen2/Llama projection it replaces)."""
 
     def __init__(self, linear: nn.Linear, key, block_size: int, rotations: dict):
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None,
@@ -95,6 +100,13 @@ class PerceptualLoRAProjection(nn.Linear):
         return self.scale * self.lora_B @ W_v.T
 
 
+def _vision_tower(vision_config):
+    if vision_config.model_type == "efficientnet_lite":  # shipped beside this file (efficientnet.py)
+        from .efficientnet import EfficientNetLite
+        return EfficientNetLite(vision_config)
+    return AutoModel.from_config(vision_config)
+
+
 def _is_prefill(past_key_values, cache_position) -> bool:
     """True on the first forward of a generation (or outside generation): the image is read then."""
     if cache_position is not None:
@@ -110,12 +122,12 @@ def _projection(layer_module, projection: str):
 class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = ParamVisionConfig
     base_model_prefix = ""
-    _no_split_modules = ["Qwen2DecoderLayer"]
+    _no_split_modules = ["Qwen2DecoderLayer", "LlamaDecoderLayer"]
 
     def __init__(self, config: ParamVisionConfig):
         super().__init__(config)
         inj = config.injection
-        self.language_model = Qwen2ForCausalLM(config.text_config)
+        self.language_model = causal_lm_class(config.text_config)(config.text_config)
         if config.method == "vora":
             self.vision_embedding = VisionEmbedding(**inj["embedding"],
                                                     hidden_size=config.text_config.hidden_size,
@@ -123,7 +135,7 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
             self.layers = []
             self.post_init()
             return
-        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.vision_tower = _vision_tower(config.vision_config)
         self.layers = list(inj["layers"])
         self._conditioning: dict = {}
         decoder = self.language_model.model.layers
@@ -224,8 +236,9 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
         return inputs
 
     @torch.no_grad()
-    def merge_vision(self, pixel_values, **vision_inputs) -> Qwen2ForCausalLM:
-        """A plain Qwen2ForCausalLM whose projections carry one image (batch of 1) in their weights."""
+    def merge_vision(self, pixel_values, **vision_inputs) -> PreTrainedModel:
+        """A plain Qwen2ForCausalLM or LlamaForCausalLM (the exported LLM's class) whose projections
+        carry one image (batch of 1) in their weights."""
         if self.config.method == "vora":
             raise ValueError("a VoRA model has its image in the sequence, not in the weights: "
                              "nothing to merge (its LoRA was merged at export)")
@@ -233,7 +246,7 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError("merge_vision takes one image (pixel_values of batch size 1)")
         cond = self.conditioning(pixel_values, **vision_inputs)
         with _no_init_weights():  # every tensor is overwritten below: skip the random init
-            merged = Qwen2ForCausalLM(self.config.text_config).to(self.device, self.dtype)
+            merged = causal_lm_class(self.config.text_config)(self.config.text_config).to(self.device, self.dtype)
         state = {k: v for k, v in self.language_model.state_dict().items() if not k.endswith("lora_B")}
         merged.load_state_dict(state)
         merged.generation_config = copy.deepcopy(self.generation_config)  # its eos/pad ids, its defaults

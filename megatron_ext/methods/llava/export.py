@@ -1,5 +1,5 @@
 """LLaVA to a Hugging Face folder that transformers loads natively as LlavaForConditionalGeneration
-(no remote code): Qwen2 text model, SigLIP/CLIP vision tower, the mlp2x_gelu projector, and a
+(no remote code): the preset's text model (Qwen2 or Llama), SigLIP/CLIP vision tower, the mlp2x_gelu projector, and a
 LlavaProcessor that expands one image placeholder into the tower's number of visual tokens.
 
 The chat template puts the image's placeholder before the conversation, as training put the
@@ -25,12 +25,12 @@ def hf_config(model, llm: dict, hf_vocab: int, image_token_id: int, dtype: str):
     """transformers' LlavaConfig of a LlavaVisionModel (its tower decides the feature strategy)."""
     from transformers import LlavaConfig
 
-    from megatron_ext.export import qwen2_text_config
+    from megatron_ext.hf.decoder import hf_text_config
 
     tower, llava = model.vision, model.lm.llava
     tied = bool(llm.get("tie_word_embeddings", False))
     return LlavaConfig(
-        vision_config=tower.model.config, text_config=qwen2_text_config(llm, hf_vocab, dtype),
+        vision_config=tower.model.config, text_config=hf_text_config(llm, hf_vocab, dtype),
         image_token_id=image_token_id, projector_hidden_act="gelu",
         # CLIP's class token is dropped ("default"), as the training tower drops it
         vision_feature_select_strategy="default" if tower.drop_cls else "full",
@@ -40,7 +40,7 @@ def hf_config(model, llm: dict, hf_vocab: int, image_token_id: int, dtype: str):
 
 def hf_state_dict(model, hf_vocab: int) -> dict:
     """LlavaForConditionalGeneration's tensors from a TP=1, PP=1 LlavaVisionModel."""
-    from megatron_ext.hf.qwen2 import megatron_to_hf
+    from megatron_ext.hf.decoder import megatron_to_hf
 
     lm = model.lm
     text = megatron_to_hf(lm.language_model.state_dict(), lm.config, hf_vocab)
