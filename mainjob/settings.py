@@ -23,13 +23,14 @@ METHODS = {
 @dataclass(frozen=True)
 class Size:
     good_images: int         # generated images besides the hostile cases (pipeline.demo_data)
+    easyvqa_images: int      # easy-VQA train images, with their question-answer pairs
     steps_scale: float       # multiplies each stage config's train.steps
     samples_per_shard: int
 
 
 SIZES = {
-    "default": Size(good_images=240, steps_scale=1.0, samples_per_shard=32),
-    "smallest": Size(good_images=40, steps_scale=0.25, samples_per_shard=8),  # the end-to-end test
+    "default": Size(good_images=16, easyvqa_images=240, steps_scale=1.0, samples_per_shard=32),
+    "smallest": Size(good_images=8, easyvqa_images=40, steps_scale=0.25, samples_per_shard=8),  # the end-to-end test
 }
 
 TENSOR_PARALLEL = 2          # two torchrun processes, one model split over both
