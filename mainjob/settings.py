@@ -35,7 +35,7 @@ SIZES = {
 
 TENSOR_PARALLEL = 2          # two torchrun processes, one model split over both
 IMAGE_SIZE = 64              # the towers' input; configs/train/main/*.yaml data.image_size
-PROMPT = "Describe the image."
+PROMPT = "what shape is in the image?"  # the held-out question (S3 instruction-tunes on easy-VQA's)
 
 
 def train_config(method: str, stage: str):

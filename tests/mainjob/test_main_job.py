@@ -113,7 +113,7 @@ def test_the_export_loads_with_transformers_and_captions_the_held_out_image(main
     text = HFTokenizer(str(run.parent / "assets" / "qwen2.5-tokenizer")).format_prompt(caption["prompt"])
     inputs = processor(images=Image.open(summary["held_out_image"]).convert("RGB"), text=text)
     with torch.no_grad():
-        ids = model.generate(**inputs, max_new_tokens=len(caption["tokens"]), do_sample=False)
+        ids = model.generate(**inputs, max_new_tokens=len(caption["tokens"]), min_new_tokens=1, do_sample=False)
     assert ids[0, inputs["input_ids"].shape[1]:].tolist() == caption["tokens"]  # the job's caption, reproduced
     assert caption["caption"] in stdout
 
