@@ -17,10 +17,14 @@ log = logging.getLogger("mainjob.inference")
 
 
 def held_out_image(path: Path):
-    """An image the pipeline never served: the corpus's generator with a seed outside its range."""
-    from pipeline.demo_data import blob_image
+    """An image the pipeline never served: easy-VQA's first test image (the test split is never
+    served); the main job asks it an easy-VQA question, as S3 instruction-tuned on them."""
+    from PIL import Image
 
-    image = blob_image(10**6, 320, 240)
+    from megatron_ext.data import easyvqa
+
+    with Image.open(easyvqa.load_split("test")[0].image_path) as im:
+        image = im.convert("RGB")
     image.save(path)
     return image
 
@@ -46,7 +50,8 @@ def caption(hf_dir: Path, tokenizer: Path, image, prompt: str, max_new_tokens: i
     text = HFTokenizer(str(tokenizer)).format_prompt(prompt)  # the chat turn training used
     inputs = processor(images=image, text=text)
     n_prompt = inputs["input_ids"].shape[1]
-    greedy = dict(max_new_tokens=max_new_tokens, do_sample=False)
+    # at least one token: after a few S3 steps <|im_end|> (half of all answer targets) can come first
+    greedy = dict(max_new_tokens=max_new_tokens, min_new_tokens=1, do_sample=False)
     t0 = time.time()
     with torch.no_grad():
         ids = model.generate(**inputs, **greedy)[0, n_prompt:]

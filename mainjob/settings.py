@@ -23,18 +23,19 @@ METHODS = {
 @dataclass(frozen=True)
 class Size:
     good_images: int         # generated images besides the hostile cases (pipeline.demo_data)
+    easyvqa_images: int      # easy-VQA train images, with their question-answer pairs
     steps_scale: float       # multiplies each stage config's train.steps
     samples_per_shard: int
 
 
 SIZES = {
-    "default": Size(good_images=240, steps_scale=1.0, samples_per_shard=32),
-    "smallest": Size(good_images=40, steps_scale=0.25, samples_per_shard=8),  # the end-to-end test
+    "default": Size(good_images=16, easyvqa_images=240, steps_scale=1.0, samples_per_shard=32),
+    "smallest": Size(good_images=8, easyvqa_images=40, steps_scale=0.25, samples_per_shard=8),  # the end-to-end test
 }
 
 TENSOR_PARALLEL = 2          # two torchrun processes, one model split over both
 IMAGE_SIZE = 64              # the towers' input; configs/train/main/*.yaml data.image_size
-PROMPT = "Describe the image."
+PROMPT = "what shape is in the image?"  # the held-out question (S3 instruction-tunes on easy-VQA's)
 
 
 def train_config(method: str, stage: str):

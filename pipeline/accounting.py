@@ -6,7 +6,7 @@ import json
 import logging
 import os
 from collections import Counter
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
 import pandas as pd
 import pyarrow as pa
@@ -26,20 +26,33 @@ class AccountingError(RuntimeError):
     pass
 
 
-def table(rows: Iterable[tuple]) -> pa.Table:
-    """rows: (uid, stage, decision, reason)."""
+def table(rows: Iterable[tuple], extra: Optional[dict] = None) -> pa.Table:
+    """rows: (uid, stage, decision, reason); extra: per-row string columns a stage adds (name ->
+    values in row order), carried into the run's decisions.parquet (e.g. the filter's caption_source)."""
     cols = list(zip(*rows)) or [[], [], [], []]
-    return pa.table([pa.array(c, type=f.type) for c, f in zip(cols, SCHEMA)], schema=SCHEMA)
+    t = pa.table([pa.array(c, type=f.type) for c, f in zip(cols, SCHEMA)], schema=SCHEMA)
+    for name, values in (extra or {}).items():
+        values = pa.array(list(values), type=pa.string())
+        if len(values) != len(t):
+            raise AccountingError(f"extra column {name!r} has {len(values)} values for {len(t)} decisions")
+        t = t.append_column(name, values)
+    return t
 
 
-def write(path: str, rows: Iterable[tuple]) -> None:
-    write_parquet_atomic(path, table(rows))
+def write(path: str, rows: Iterable[tuple], extra: Optional[dict] = None) -> None:
+    write_parquet_atomic(path, table(rows, extra))
 
 
 def read(paths: List[str]) -> pd.DataFrame:
     if not paths:
         return table([]).to_pandas()
-    return pd.concat([pq.read_table(p, schema=SCHEMA).to_pandas() for p in paths], ignore_index=True)
+    frames = []
+    for p in paths:
+        t = pq.read_table(p)
+        base = t.select(SCHEMA.names).cast(SCHEMA)
+        frames.append(pa.table(base.columns + [t.column(n) for n in t.column_names if n not in SCHEMA.names],
+                               names=SCHEMA.names + [n for n in t.column_names if n not in SCHEMA.names]).to_pandas())
+    return pd.concat(frames, ignore_index=True)
 
 
 def passed(df: pd.DataFrame) -> set:
@@ -76,6 +89,12 @@ def finalize(output_dir: str, stage_frames: List[tuple], urls: pd.DataFrame) -> 
     last_name, last = stage_frames[-1]
     kept = last[last.decision != DROP].assign(decision=KEPT, reason="")
     final = pd.concat([final, kept], ignore_index=True)
+    final = final[SCHEMA.names]
+    for _, df in stage_frames:  # a stage's extra columns, e.g. the filter's caption_source
+        extra = [c for c in df.columns if c not in SCHEMA.names]
+        if extra:
+            final = final.merge(df[["uid"] + extra], on="uid", how="left")
+            final[extra] = final[extra].fillna("")
     final = final.merge(urls[["uid", "url"]], on="uid", how="left").sort_values("uid").reset_index(drop=True)
     if len(final) != len(urls) or final.uid.duplicated().any():
         raise AccountingError(f"decisions table has {len(final)} rows for {len(urls)} inputs")

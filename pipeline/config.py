@@ -80,7 +80,9 @@ class ClipConfig:
 
 @dataclass
 class FilterConfig:
-    text_field: str = "auto"  # auto: the new caption when recaptioned, else the alt-text
+    # auto: the new caption when recaptioned and it passes the caption checks, else the alt-text;
+    # caption / alt_text: that text only (a sample whose text fails is dropped)
+    text_field: str = "auto"
     min_side: int = 32
     min_long_edge: int = 0  # VoRA keeps images whose longer edge > 448
     max_aspect_ratio: float = 5.0
@@ -91,6 +93,8 @@ class FilterConfig:
     caption_max_chars: int = 4000  # also bounds one huge "word" (a 1 MB run of letters has one word)
     min_script_ratio: Optional[float] = 0.7  # share of letters in `scripts`; None disables the language check
     scripts: list = field(default_factory=lambda: ["latin"])
+    # share of words that read as prose in `scripts` (no code, token soup); None disables
+    min_prose_share: Optional[float] = 0.8
     max_repeated_ngram_share: Optional[float] = 0.5  # repetition loops; None disables
     repeat_ngram: int = 3
     reject_prompt_echo: bool = True
@@ -117,6 +121,8 @@ class PipelineConfig:
     output_dir: str = ""
     url_col: str = "url"
     caption_col: str = "caption"
+    # more URL-list columns carried per sample into every shard's .json (e.g. easy-VQA's "qa")
+    extra_columns: list = field(default_factory=list)
     ray: RayConfig = field(default_factory=RayConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     recaption: RecaptionConfig = field(default_factory=RecaptionConfig)

@@ -1,13 +1,15 @@
 """A synthetic web for tests, the demo and the benchmark: generated images (and every hostile
-case the pipeline must survive) served by an HTTP server on 127.0.0.1, plus the URL list."""
+case the pipeline must survive), optionally easy-VQA's train images with their question-answer
+pairs, served by an HTTP server on 127.0.0.1, plus the URL list."""
 from __future__ import annotations
 
 import argparse
 import csv
 import io
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -76,6 +78,26 @@ def build_corpus(n_good: int = 24, seed: int = 0) -> Tuple[Dict[str, Tuple[bytes
     return files, rows
 
 
+def add_easyvqa(files: dict, rows: list, n: int) -> dict:
+    """Serves the first n easy-VQA TRAIN images (their PNG bytes, unchanged) at /easyvqa/<id>.png,
+    each with an alt-text built from its own questions ('a red triangle'); appends their rows.
+    -> {path: JSON list of [question, answer]}: the URL list's `qa` column. The test split is
+    never served: it is the evaluation's."""
+    from megatron_ext.data import easyvqa
+
+    train = easyvqa.load_split("train")
+    if not 0 <= n <= len(train):
+        raise ValueError(f"easy-VQA images: {n} asked, the train split has {len(train)}")
+    qa = {}
+    for sample in train[:n]:
+        path = f"/easyvqa/{sample.image_id}.png"
+        with open(sample.image_path, "rb") as f:
+            files[path] = (f.read(), "image/png")
+        rows.append((path, easyvqa.alt_text(sample).encode(), ""))
+        qa[path] = json.dumps(sample.pairs)
+    return qa
+
+
 class Server:
     """Threaded HTTP server on 127.0.0.1 (ephemeral port) serving a corpus; use as a context manager."""
 
@@ -110,16 +132,18 @@ class Server:
         self.httpd.server_close()
 
 
-def write_url_list(path: str, base_url: str, rows: List[tuple]) -> None:
-    """CSV written as bytes, so a non-UTF-8 alt-text reaches the pipeline as the web would send it."""
+def write_url_list(path: str, base_url: str, rows: List[tuple], qa: Optional[dict] = None) -> None:
+    """CSV written as bytes, so a non-UTF-8 alt-text reaches the pipeline as the web would send it.
+    With `qa` (path -> JSON pairs, add_easyvqa), a `qa` column ('[]' for the other rows)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["url", "caption"])
+    w.writerow(["url", "caption"] + (["qa"] if qa is not None else []))
     lines = [buf.getvalue().encode()]
     for url, alt, _ in rows:
         full = (base_url + url) if url.startswith("/") else url
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow([full, "@ALT@"])
+        extra = [qa.get(url, "[]")] if qa is not None else []
+        csv.writer(buf, lineterminator="\n").writerow([full, "@ALT@"] + extra)
         lines.append(buf.getvalue().encode().replace(b"@ALT@", b'"' + alt.replace(b'"', b'""') + b'"'))
     with open(path, "wb") as f:
         f.write(b"".join(lines))
@@ -130,10 +154,13 @@ def main(argv=None):
     p.add_argument("--urls", required=True, help="where to write the CSV URL list")
     p.add_argument("--n-good", type=int, default=24)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--easyvqa", type=int, default=0,
+                   help="also serve this many easy-VQA train images, with a qa column (pipeline extra_columns: [qa])")
     args = p.parse_args(argv)
     files, rows = build_corpus(args.n_good)
+    qa = add_easyvqa(files, rows, args.easyvqa) if args.easyvqa else None
     with Server(files, args.port) as s:
-        write_url_list(args.urls, s.url, rows)
+        write_url_list(args.urls, s.url, rows, qa)
         print(f"serving {len(files)} files at {s.url}; URL list in {args.urls}; Ctrl-C to stop", flush=True)
         try:
             threading.Event().wait()

@@ -15,6 +15,7 @@ if __package__ in (None, ""):  # run as a script, also under `ray job submit --w
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from img2dataset.resizer import Resizer  # noqa: E402
 
@@ -86,6 +87,30 @@ def collect_decisions(directory: str, expected: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def with_extra_columns(cfg: PipelineConfig, todo: pd.DataFrame, in_dir: str) -> pd.DataFrame:
+    """Adds cfg.extra_columns of the URL list (by row: uid is the row number) to the rows to
+    download and rewrites to_download.parquet with them; img2dataset saves them per sample."""
+    if not cfg.extra_columns:
+        return todo
+    from pipeline.config import ConfigError
+    from pipeline.fsio import write_parquet_atomic
+
+    if cfg.input.endswith((".csv", ".tsv")):
+        import pyarrow.csv as pacsv
+        t = pacsv.read_csv(cfg.input, parse_options=pacsv.ParseOptions(
+            delimiter="\t" if cfg.input.endswith(".tsv") else ",", newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in cfg.extra_columns}))
+    else:
+        t = pq.read_table(cfg.input)
+    missing = [c for c in cfg.extra_columns if c not in t.column_names]
+    if missing:
+        raise ConfigError(f"extra_columns: {missing} not in {cfg.input} (its columns: {t.column_names})")
+    extra = t.select(cfg.extra_columns).to_pandas().iloc[todo.uid.to_numpy()].reset_index(drop=True)
+    todo = pd.concat([todo.reset_index(drop=True), extra], axis=1)
+    write_parquet_atomic(os.path.join(in_dir, "to_download.parquet"), pa.Table.from_pandas(todo, preserve_index=False))
+    return todo
+
+
 def run(cfg: PipelineConfig) -> pd.DataFrame:
     """Returns the download stage's decisions (one row per URL handed to img2dataset)."""
     from img2dataset import download
@@ -93,8 +118,10 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
     in_dir, out_dir = cfg.stage_dir(INPUT), cfg.stage_dir(DOWNLOAD)
     guard_settings(out_dir, "download", dict(settings(cfg, "download", ("processes", "threads", "distributor")),
                                              input=os.path.abspath(cfg.input), url_col=cfg.url_col,
-                                             caption_col=cfg.caption_col))
+                                             caption_col=cfg.caption_col,
+                                             **({"extra_columns": cfg.extra_columns} if cfg.extra_columns else {})))
     _, todo = prepare(cfg.input, cfg.url_col, cfg.caption_col, in_dir)
+    todo = with_extra_columns(cfg, todo, in_dir)
     d = cfg.download
     distributor = d.distributor
     if distributor == "auto":
@@ -107,7 +134,7 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
         with _guarded_resizer():
             download(
                 url_list=os.path.join(in_dir, "to_download.parquet"), input_format="parquet",
-                url_col="url", caption_col="caption", save_additional_columns=["uid"],
+                url_col="url", caption_col="caption", save_additional_columns=["uid", *cfg.extra_columns],
                 output_folder=out_dir, output_format="webdataset", encode_format="jpg",
                 encode_quality=d.encode_quality, image_size=d.image_size, resize_mode=d.resize_mode,
                 resize_only_if_bigger=d.resize_only_if_bigger, min_image_size=d.min_image_size,

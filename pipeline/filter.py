@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 FEATURES = pa.schema([("uid", pa.int64()), ("shard", pa.string()), ("key", pa.string()), ("pos", pa.int64()),
                       ("width", pa.int64()), ("height", pa.int64()), ("digest", pa.string()),
                       ("phash", pa.string()), ("text_len", pa.int64()), ("clip_score", pa.float64()),
-                      ("reason", pa.string())])
+                      ("reason", pa.string()), ("caption_source", pa.string()),
+                      ("recaption_problem", pa.string())])
+RECAPTION, ALT_TEXT = "recaption", "alt_text"  # caption_source values: which text a sample trains on
 
 
 def _size_problem(w: int, h: int, f) -> str:
@@ -43,10 +45,23 @@ def _size_problem(w: int, h: int, f) -> str:
     return ""
 
 
-def text_for(sample: dict, text_field: str, recaptioned: bool) -> str:
-    if text_field == "caption" or (text_field == "auto" and recaptioned):
-        return sample["caption"] or ""
-    return sample["alt_text"]
+def choose_text(sample: dict, f, recaptioned: bool, prompt) -> tuple:
+    """-> (caption_source, text, problem of that text or None, problem of the recaption or None).
+
+    text_field auto: the recaption when it passes the caption checks, else the alt-text, so that
+    a captioner's failures (a random or broken model's token soup) never silently become training
+    text; caption / alt_text: that text only."""
+    if f.text_field == ALT_TEXT or not recaptioned:
+        return ALT_TEXT, sample["alt_text"], caption_problem(sample["alt_text"], f), None
+    caption = sample["caption"] or ""
+    problem = caption_problem(caption, f, prompt)
+    if problem is None or f.text_field == "caption":
+        return RECAPTION, caption, problem, problem
+    return ALT_TEXT, sample["alt_text"], caption_problem(sample["alt_text"], f), problem
+
+
+def training_text(sample: dict, source: str) -> str:
+    return (sample["caption"] or "") if source == RECAPTION else sample["alt_text"]
 
 
 def shard_features(shard: str, cfg: PipelineConfig) -> pd.DataFrame:
@@ -76,10 +91,11 @@ def shard_features(shard: str, cfg: PipelineConfig) -> pd.DataFrame:
             ph = str(imagehash.phash(im))  # 64-bit hex; parquet has no safe uint64 with nulls
         except Exception:
             reason = "decode_error"
-        text = text_for(s, f.text_field, rec.enabled)
-        reason = reason or _size_problem(w, h, f) or (caption_problem(text, f, prompt) or "")
+        source, text, text_problem, recaption_problem = choose_text(s, f, rec.enabled, prompt)
+        reason = reason or _size_problem(w, h, f) or (text_problem or "")
         digest = s["meta"].get("sha256") or hashlib.sha256(s["image"] or b"").hexdigest()
-        rows.append((s["uid"], shard_name(shard), key, pos, w, h, digest, ph, len(text), None, reason))
+        rows.append((s["uid"], shard_name(shard), key, pos, w, h, digest, ph, len(text), None, reason,
+                     source, recaption_problem or ""))
         images.append(None if reason else s["image"])
         texts.append(text)
     df = pd.DataFrame(rows, columns=FEATURES.names)
@@ -142,12 +158,16 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
     # A uid the previous stage passed but no shard holds (a tampered or unreadable member).
     rows += [(int(u), "filter", accounting.DROP, "missing_from_shard") for u in sorted(want - set(feats.uid))]
     decisions = accounting.table(rows).to_pandas()
+    # which text each sample trains on ("" for a dropped one): a column of the run's decisions.parquet
+    sources = dict(zip(feats.uid[feats.reason == ""], feats.caption_source[feats.reason == ""]))
+    decisions["caption_source"] = [sources.get(u, "") for u in decisions.uid]
     out = cfg.stage_dir(FILTER)
-    accounting.write(os.path.join(out, "decisions.parquet"), decisions.itertuples(index=False))
-    kept = feats[feats.reason == ""][["uid", "shard", "key"]]
+    accounting.write(os.path.join(out, "decisions.parquet"), rows, extra={"caption_source": decisions.caption_source})
+    kept = feats[feats.reason == ""][["uid", "shard", "key", "caption_source"]]
     write_parquet_atomic(os.path.join(out, "kept.parquet"), pa.Table.from_pandas(kept, preserve_index=False))
     write_parquet_atomic(os.path.join(out, "features.parquet"), pa.Table.from_pandas(feats, preserve_index=False))
-    log.info("filter: %d received, %d kept", len(decisions), len(kept))
+    log.info("filter: %d received, %d kept (%d train on the recaption, %d on the alt-text)", len(decisions),
+             len(kept), (kept.caption_source == RECAPTION).sum(), (kept.caption_source == ALT_TEXT).sum())
     return decisions
 
 

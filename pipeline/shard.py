@@ -37,17 +37,18 @@ def plan(kept: pd.DataFrame, samples_per_shard: int, seed: int, drop_last: bool)
     return chunks, order.iloc[cut:]
 
 
-def _training_sample(s: dict, cfg: PipelineConfig) -> dict:
-    from pipeline.filter import text_for
+def _training_sample(s: dict, caption_source: str) -> dict:
+    """`.txt` is the text the filter chose (caption_source); `.json` keeps both texts and the choice."""
+    from pipeline.filter import training_text
 
-    meta = dict(s["meta"], uid=s["uid"], alt_text=s["alt_text"])
-    text = text_for(s, cfg.filter.text_field, cfg.recaption.enabled)
+    meta = dict(s["meta"], uid=s["uid"], alt_text=s["alt_text"], caption_source=caption_source)
+    text = training_text(s, caption_source)
     return {"jpg": s["image"], "txt": text.encode("utf-8"), "json": json.dumps(meta, sort_keys=True).encode()}
 
 
-def write_shard(chunk: pd.DataFrame, sources: dict, path: str, cfg: PipelineConfig, indexes: dict) -> None:
+def write_shard(chunk: pd.DataFrame, sources: dict, path: str, indexes: dict) -> None:
     samples = []
-    for uid, src, key in zip(chunk.uid, chunk.shard, chunk.key):
+    for uid, src, key, caption_source in zip(chunk.uid, chunk.shard, chunk.key, chunk.caption_source):
         tar = sources[src]
         if tar not in indexes:
             indexes[tar] = tar_index(tar)
@@ -56,7 +57,7 @@ def write_shard(chunk: pd.DataFrame, sources: dict, path: str, cfg: PipelineConf
         s = parse(key, fields)
         if s is None or s["uid"] != uid:
             raise RuntimeError(f"{tar}: member {key} no longer matches uid {uid}; re-run the filter stage")
-        samples.append((sample_key(uid), _training_sample(s, cfg)))
+        samples.append((sample_key(uid), _training_sample(s, caption_source)))
     write_tar_atomic(path, samples)
 
 
@@ -64,6 +65,7 @@ def _forget_other_plans(out: str, chunks: list, cfg: PipelineConfig) -> None:
     """Finished shards are reused only if they belong to this exact plan (samples, order, text);
     shards of another plan (new seed, new filter output) are deleted and rewritten (cheap)."""
     digest = hashlib.sha256(json.dumps([[int(u) for u in c.uid] for c in chunks] +
+                                       [[str(t) for t in c.caption_source] for c in chunks] +
                                        [cfg.filter.text_field, cfg.recaption.enabled, cfg.shard.prefix]).encode())
     path = os.path.join(out, "plan.sha256")
     if os.path.exists(path) and open(path).read() == digest.hexdigest():
@@ -96,7 +98,7 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
         if os.path.exists(tar) and os.path.exists(idx):
             done += 1  # finished by an earlier run: both files are only ever renamed into place
         else:
-            write_shard(chunk, sources, tar, cfg, indexes)
+            write_shard(chunk, sources, tar, indexes)
             write_index(tar, idx)
         entries.append({"tar": name + ".tar", "idx": name + ".idx", "samples": len(chunk)})
     log.info("shard: %d shards (%d from an earlier run), %d samples", len(chunks), done, len(kept) - len(rest))
@@ -105,10 +107,12 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
     decisions = accounting.table(sorted(rows)).to_pandas()
     accounting.write(os.path.join(out, "decisions.parquet"), decisions.itertuples(index=False))
     manifest = {
-        "format": "webdataset", "fields": {"jpg": "image", "txt": "training text", "json": "metadata"},
+        "format": "webdataset", "fields": {"jpg": "image", "txt": "training text", "json": "metadata (alt_text, caption, caption_source, ...)"},
         "shards": entries, "num_shards": len(entries), "num_samples": sum(e["samples"] for e in entries),
         "samples_per_shard": sc.samples_per_shard, "seed": sc.seed,
         "text_field": cfg.filter.text_field, "recaptioned": cfg.recaption.enabled,
+        "caption_sources": {str(k): int(v) for k, v in kept[~kept.uid.isin(set(rest.uid))]
+                            .caption_source.value_counts().sort_index().items()},
         "config_hash": cfg.hash("download", "recaption", "filter", "shard"),
     }
     write_bytes_atomic(os.path.join(out, "manifest.json"), json.dumps(manifest, indent=2).encode())

@@ -1,4 +1,4 @@
-"""Caption checks: length, script (a cheap language proxy), repetition loops, prompt echo."""
+"""Caption checks: length, script (a cheap language proxy), prose words, repetition loops, prompt echo."""
 from __future__ import annotations
 
 import re
@@ -19,6 +19,34 @@ def script_ratio(text: str, scripts) -> float:
     prefixes = tuple(p for s in scripts for p in SCRIPTS[s])
     hits = sum(1 for c in letters if unicodedata.name(c, "").startswith(prefixes))
     return hits / len(letters)
+
+
+_EDGE_PUNCT = "\"'([{<.,;:!?)]}>"
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*(?:%|s|st|nd|rd|th)?")
+_CAMEL = re.compile(r"[a-z][A-Z]")
+
+
+def _in_scripts(c: str, prefixes: tuple) -> bool:
+    return unicodedata.name(c, "").startswith(prefixes)
+
+
+def prose_word_share(text: str, scripts) -> float:
+    """Share of whitespace-separated words that read as prose in `scripts`: letters only (inner ' and
+    - allowed), no camelCase, or a number. A random captioner's token soup ('_READONLY쑥',
+    'renderItem-month找回(records') and code or markup score low; a sentence scores 1."""
+    prefixes = tuple(p for s in scripts for p in SCRIPTS[s])
+    words = text.split()
+    if not words:
+        return 0.0
+
+    def prose(w: str) -> bool:
+        w = w.strip(_EDGE_PUNCT)
+        if _NUMBER.fullmatch(w):
+            return True
+        return (bool(w) and w[0].isalpha() and w[-1].isalpha() and not _CAMEL.search(w)
+                and all(c in "'-" or (c.isalpha() and _in_scripts(c, prefixes)) for c in w))
+
+    return sum(map(prose, words)) / len(words)
 
 
 def repeated_ngram_share(words, n: int) -> float:
@@ -48,6 +76,8 @@ def caption_problem(text: str, f, prompt: Optional[str] = None) -> Optional[str]
         return "caption_too_long"
     if f.min_script_ratio is not None and script_ratio(text, f.scripts) < f.min_script_ratio:
         return "caption_language"
+    if f.min_prose_share is not None and prose_word_share(text, f.scripts) < f.min_prose_share:
+        return "caption_not_prose"
     if f.max_repeated_ngram_share is not None and \
             repeated_ngram_share(words, f.repeat_ngram) > f.max_repeated_ngram_share:
         return "caption_repetition"

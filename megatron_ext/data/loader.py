@@ -79,8 +79,11 @@ def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int) -> MicroBatchLoa
         from megatron_ext.data.text import build_tokenizer
 
         dataset = ShardDataset(d.manifest, build_tokenizer(d.tokenizer), d.prompt, d.seq_length,
-                               d.image_size, image_tokens(cfg, preset), *pixel_stats(cfg))
+                               d.image_size, image_tokens(cfg, preset), *pixel_stats(cfg), task=d.task)
     elif d.kind == "dali":
+        if d.task != "caption":
+            raise ValueError(f"data.task={d.task} reads each sample's question-answer pairs, which the "
+                             f"DALI loader does not: use data.kind=webdataset")
         import torch
 
         from megatron_ext.data.dali import DaliLoader

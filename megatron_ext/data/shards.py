@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from megatron_ext.data.text import encode_pair
+from pvcommon.errors import DataError
 
 log = logging.getLogger(__name__)
 # SigLIP/CLIP-style normalisation; a vision tower with other statistics passes its own
@@ -59,9 +60,34 @@ def decode_image(data: bytes, size: int, mean=MEAN, std=STD) -> torch.Tensor:
     return (t - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
+TASKS = ("caption", "qa")
+
+
+def qa_pairs(meta: dict) -> list:
+    """A sample's question-answer pairs: the `qa` column of its URL list (a JSON list of
+    [question, answer]) that the data pipeline carried into its .json; [] without one."""
+    qa = meta.get("qa") or "[]"
+    pairs = json.loads(qa) if isinstance(qa, str) else qa
+    return [(str(q), str(a)) for q, a in pairs]
+
+
+def _read_member(tar: Path, fields: dict, ext: str) -> bytes:
+    off, size = fields[ext]
+    with open(tar, "rb") as f:
+        f.seek(off)
+        return f.read(size)
+
+
 class ShardDataset:
+    """task caption: one item per sample, its training text (`.txt`) after `prompt`. task qa: one
+    item per question-answer pair of a sample (samples without pairs are left out): the question
+    is the user turn, the answer the assistant turn that carries the loss."""
+
     def __init__(self, manifest: str, tokenizer, prompt: str, seq_length: int, image_size: int,
-                 image_tokens: int = 0, mean=MEAN, std=STD):
+                 image_tokens: int = 0, mean=MEAN, std=STD, task: str = "caption"):
+        if task not in TASKS:
+            raise ValueError(f"data.task={task!r}: use one of {TASKS}")
+        self.task = task
         self.mean, self.std = mean, std  # the vision tower's pixel statistics (data.loader.pixel_stats)
         self.manifest_path = Path(manifest)
         m = json.loads(self.manifest_path.read_text())
@@ -80,37 +106,39 @@ class ShardDataset:
                 continue
             if len(members) != entry["samples"]:
                 log.warning("%s: %d samples, the manifest says %d", tar, len(members), entry["samples"])
-            self.items += [(tar, fields) for _, fields in members]
-        if not self.items:
-            from pvcommon.errors import DataError
+            if task == "caption":
+                self.items += [(tar, fields, None) for _, fields in members]
+            else:
+                self.items += [(tar, fields, pair) for _, fields in members if "json" in fields
+                               for pair in qa_pairs(json.loads(_read_member(tar, fields, "json")))]
+        if not self.items and len(self.unreadable) == len(m["shards"]):
             raise DataError(f"data.manifest={manifest}: none of its {len(m['shards'])} shards is readable, "
                             f"e.g. {self.unreadable[0][0] if self.unreadable else '-'}; rerun pipeline/shard.py")
+        if not self.items:
+            raise DataError(f"data.manifest={manifest}: no {'question-answer pairs' if task == 'qa' else 'samples'} "
+                            f"to train on (data.task={task}); the qa task needs a URL list with a qa "
+                            f"column carried by the pipeline's extra_columns")
         self.tok, self.prompt, self.seq, self.size = tokenizer, prompt, seq_length, image_size
         self.image_tokens = image_tokens  # VoRA: image placeholders before the text
-        log.info("shards: %d samples in %d tars from %s", len(self.items), len(m["shards"]), manifest)
+        log.info("shards: %d %s in %d tars from %s", len(self.items), "samples" if task == "caption" else
+                 "question-answer pairs", len(m["shards"]), manifest)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        tar, fields = self.items[i]
+        tar, fields, pair = self.items[i]
         image_ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in fields), None)
-        if image_ext is None or "txt" not in fields:
+        if image_ext is None or (pair is None and "txt" not in fields):
             return None
-        with open(tar, "rb") as f:
-            def read(ext):
-                off, size = fields[ext]
-                f.seek(off)
-                return f.read(size)
-            image, text = read(image_ext), read("txt")
         try:
-            pixels = decode_image(image, self.size, self.mean, self.std)
-            caption = text.decode("utf-8").strip()
+            pixels = decode_image(_read_member(tar, fields, image_ext), self.size, self.mean, self.std)
+            prompt, target = pair if pair else (self.prompt, _read_member(tar, fields, "txt").decode("utf-8").strip())
         except Exception as e:  # PIL raises many types for broken files
             log.debug("corrupt sample %d in %s: %s", i, tar, e)
             return None
-        if not caption:
+        if not target:
             return None
-        sample = encode_pair(self.tok, self.prompt, caption, self.seq, self.image_tokens)
+        sample = encode_pair(self.tok, prompt, target, self.seq, self.image_tokens)
         sample["pixel_values"] = pixels
         return sample

@@ -1,4 +1,6 @@
-"""Tokenisation of (prompt, caption) pairs: the loss falls on the caption tokens only."""
+"""Tokenisation of (prompt, target) pairs in the chat format: the target is a caption (after
+data.prompt) or, with data.task qa, the answer to a question; the loss falls on the target tokens
+and the end-of-turn token only."""
 
 from __future__ import annotations
 

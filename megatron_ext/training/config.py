@@ -37,6 +37,7 @@ class DataSection:
     tokenizer: str = "bytes"             # "bytes" (offline byte-level) or a local tokenizer dir
     seq_length: int = 32
     prompt: str = ""                     # text before the caption; its tokens carry no loss
+    task: str = "caption"                # caption | qa (each sample's question -> answer, loss on the answer)
     image_size: int = 224
     seed: int = 1234
     # synthetic features (tests, demo): `pairs` fixed (features, caption) pairs
@@ -143,6 +144,9 @@ def validate(cfg: TrainConfig, world_size: int) -> int:
         raise ConfigError(f"optim.min_lr ({o.min_lr}) must lie in [0, optim.lr = {o.lr}]")
     if cfg.data.kind not in ("synthetic", "webdataset", "dali"):
         raise ConfigError(f"data.kind {cfg.data.kind!r}: use synthetic, webdataset or dali")
+    if cfg.data.task not in ("caption", "qa") or (cfg.data.task == "qa" and cfg.data.kind != "webdataset"):
+        raise ConfigError(f"data.task {cfg.data.task!r} with data.kind={cfg.data.kind}: use caption, or qa "
+                          f"with webdataset (question-answer pairs come from the training shards)")
     if cfg.data.kind != "synthetic" and not cfg.data.manifest:
         raise ConfigError(f"data.kind={cfg.data.kind} needs data.manifest (the data pipeline's manifest.json)")
     if t.dtype not in ("auto", "fp32", "bf16"):

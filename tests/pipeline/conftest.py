@@ -1,4 +1,5 @@
-"""Fixtures for the data-pipeline tests: a synthetic web on 127.0.0.1 (with every hostile case),
+"""Fixtures for the data-pipeline tests: a synthetic web on 127.0.0.1 (with every hostile case and
+easy-VQA train images with a qa column),
 one Ray head for the whole session (started like a real cluster, so `ray job submit` and
 subprocess drivers can join it), the tiny offline Qwen2.5-VL, and one full pipeline run."""
 import os
@@ -20,14 +21,15 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
-    from pipeline.demo_data import Server, build_corpus, write_url_list
+    from pipeline.demo_data import Server, add_easyvqa, build_corpus, write_url_list
 
     files, rows = build_corpus(n_good=16)
+    qa = add_easyvqa(files, rows, 8)  # easy-VQA train images with their question-answer pairs
     d = tmp_path_factory.mktemp("web")
     with Server(files) as server:
         path = str(d / "urls.csv")
-        write_url_list(path, server.url, rows)
-        yield Corpus(server.url, rows, path)
+        write_url_list(path, server.url, rows, qa)
+        yield Corpus(server.url, rows, path, qa)
 
 
 @pytest.fixture(scope="session")

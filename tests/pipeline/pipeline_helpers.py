@@ -23,18 +23,19 @@ def free_ports(n: int) -> list:
 
 
 class Corpus:
-    def __init__(self, url, rows, urls_csv):
-        self.url, self.rows, self.urls_csv = url, rows, urls_csv
+    def __init__(self, url, rows, urls_csv, qa):
+        self.url, self.rows, self.urls_csv, self.qa = url, rows, urls_csv, qa  # qa: path -> JSON pairs
 
     def uid_of(self, path: str) -> int:
         return next(i for i, r in enumerate(self.rows) if r[0] == path)
 
 
 def config_dict(urls_csv, out_dir, model, ray_address=None, **sections):
-    """The demo settings (configs/data/demo_tiny.yaml) with test paths."""
+    """The demo settings (configs/data/demo_tiny.yaml) with test paths; the corpus' qa column
+    travels with each sample."""
     with open(os.path.join(REPO, "configs", "data", "demo_tiny.yaml")) as f:
         cfg = yaml.safe_load(f)
-    cfg.update(input=urls_csv, output_dir=out_dir)
+    cfg.update(input=urls_csv, output_dir=out_dir, extra_columns=["qa"])
     cfg["recaption"]["model"] = model
     cfg["ray"] = {"address": ray_address}
     for name, values in sections.items():

@@ -33,7 +33,8 @@ def test_alt_text_mode_trains_on_alt_text(chain, corpus, tiny_captioner, tmp_pat
     assert summary["kept"] == chain[1]["kept"]  # same images survive; alt-texts pass the strict checks
     tars = sorted(f.path for f in os.scandir(cfg.stage_dir("40_shards")) if f.name.endswith(".tar"))
     for s in wds.WebDataset(tars, shardshuffle=False).decode():
-        assert s["txt"] == s["json"]["alt_text"] and s["txt"].startswith("a photo of")
+        assert s["txt"] == s["json"]["alt_text"] == corpus.rows[s["json"]["uid"]][1].decode()
+        assert s["json"]["caption_source"] == "alt_text"
         assert "caption" not in s["json"]
 
 

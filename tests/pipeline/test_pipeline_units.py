@@ -102,7 +102,7 @@ def test_caption_checks():
     assert caption_problem("a dog a dog a dog a dog a dog a dog a dog a dog", f) == "caption_repetition"
     prompt = "Describe this image in detail."
     assert caption_problem("Describe this image in detail. A dog on a beach.", f, prompt) == "caption_prompt_echo"
-    relaxed = FilterConfig(min_script_ratio=None, max_repeated_ngram_share=None)
+    relaxed = FilterConfig(min_script_ratio=None, max_repeated_ngram_share=None, min_prose_share=None)
     assert caption_problem("собака бежит по мокрому пляжу на закате", relaxed) is None
     assert caption_problem("a dog a dog a dog a dog a dog a dog a dog a dog", relaxed) is None
 

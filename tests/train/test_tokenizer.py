@@ -7,7 +7,7 @@ test_vora_training.py (the main job's VoRA path)."""
 import pytest
 import torch
 
-from train_helpers import ROOT
+from train_helpers import ROOT, qwen_tokenizer
 
 PROMPT = "Describe the image."
 CHAT = f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
@@ -15,12 +15,7 @@ CHAT = f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
 
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory):
-    from recaption.tiny import build_tokenizer
-
-    path = tmp_path_factory.mktemp("qwen") / "tok"
-    tok = build_tokenizer()
-    tok.save_pretrained(path)
-    return path, tok
+    return qwen_tokenizer(tmp_path_factory.mktemp("qwen") / "tok")
 
 
 @pytest.mark.parametrize("method,image_tokens", [("rose", 0), ("vora", 64)])

@@ -9,6 +9,15 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY_S1 = ROOT / "configs" / "train" / "s1-rose-tiny.yaml"
 
 
+def qwen_tokenizer(path):
+    """The real Qwen2.5 tokenizer, built offline (recaption.tiny) and saved to path: (path, tokenizer)."""
+    from recaption.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    tok.save_pretrained(path)
+    return path, tok
+
+
 def tiny_cfg(run_dir, *overrides, config=TINY_S1):
     from megatron_ext.training.config import load_config
 
