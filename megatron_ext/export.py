@@ -8,6 +8,7 @@ pure-PyTorch files it builds on (rotation.py, vrmg.py) are copied in.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_ext.hf.chat_template import chat_template
 from megatron_ext.hf.qwen2 import megatron_to_hf
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,9 @@ SHIPPED = [HERE / "hf" / "remote" / "configuration_paramvision.py",
            HERE / "vlora_generator.py", HERE / "vora_embedding.py"]
 IMAGE_TOKEN = "<|image_pad|>"  # VoRA's image placeholder, a Qwen2.5 special token
 AUTO_MAP = {"AutoConfig": "configuration_paramvision.ParamVisionConfig",
-            "AutoModelForCausalLM": "modeling_paramvision.ParamVisionForCausalLM"}
+            "AutoModelForCausalLM": "modeling_paramvision.ParamVisionForCausalLM",
+            # lmms-eval's generic chat model loads a model_type it does not know with AutoModel
+            "AutoModel": "modeling_paramvision.ParamVisionForCausalLM"}
 
 
 def qwen2_text_config(llm: dict, hf_vocab_size: int, dtype: str = "float32"):
@@ -117,6 +121,9 @@ def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_process
         "injection": injection,
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
+    tokenizer = copy.deepcopy(tokenizer)  # the caller's keeps its own template
+    # chat_template.jinja: the training prompt format, read by the tokenizer and the processor
+    tokenizer.chat_template = chat_template(tokenizer)
     tokenizer.save_pretrained(out)
     image_processor.save_pretrained(out)
     processor = {"processor_class": "ParamVisionProcessor",
