@@ -36,6 +36,8 @@ def caption_loss(scorer, images: list[tuple[int, str, str]], prompt: str = DEFAU
                 nats, tokens = nats - logp, tokens + n
             if bar is not None:
                 bar.update(len(captions))
+        if bar is not None:
+            bar.close()
         out[view] = nats / tokens
     out["shuffled_minus_matched"] = out["shuffled"] - out["matched"]
     out["images"], out["prompt"] = len(images), prompt

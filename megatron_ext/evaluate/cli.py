@@ -39,19 +39,6 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
 
 
-def visual_tokens(scorer, image) -> int:
-    """Visual tokens one image gives this model: its placeholders in the sequence, or the
-    encoder's features that its generator reads (0 for a model without vision)."""
-    if not scorer.sees_images:
-        return 0
-    placeholders = getattr(scorer.processor, "image_tokens", 0)
-    if placeholders:
-        return int(placeholders)
-    pixels = scorer._inputs([""], [image])["pixel_values"]
-    with torch.no_grad():
-        return int(scorer.model.visual_features(pixels).shape[1])
-
-
 def evaluate_model(scorer, questions, prior, answers, captioned, text, args) -> tuple[dict, list]:
     from megatron_ext.evaluate.captions import caption_loss
     from megatron_ext.evaluate.cost import sample_cost
@@ -69,8 +56,7 @@ def evaluate_model(scorer, questions, prior, answers, captioned, text, args) -> 
         result["text"] = perplexity(scorer, text)
     if "cost" in args.parts:
         q = questions[0]
-        result["cost"] = sample_cost(scorer, q.text, q.image_path, q.answer)
-        result["cost"]["visual_tokens"] = args.visual_tokens or visual_tokens(scorer, q.image_path)
+        result["cost"] = sample_cost(scorer, q.text, q.image_path, q.answer, args.visual_tokens)
     result["latency"] = scorer.latency_summary()
     return result, records
 
@@ -81,8 +67,8 @@ def parse_args(argv=None):
     ap.add_argument("--out", required=True, help="folder for results.json, results.md, results.png")
     ap.add_argument("--limit", type=int, help="the first N easy-VQA test questions (default: all 9,673)")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--visual-tokens", type=int, help="visual tokens per image to report the cost at "
-                                                       "(default: what the export's encoder gives)")
+    ap.add_argument("--visual-tokens", type=int, help="visual tokens per image for the LLM's FLOPs where "
+                                                       "the image is in the sequence (default: the export's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--max-new-tokens", type=int, default=8)

@@ -88,10 +88,6 @@ class ExportScorer:
             batch = {k: batch[k] for k in ("input_ids", "attention_mask")}
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def sequence_length(self, text: str, image) -> int:
-        """Tokens the model reads for this text and image (image placeholders included)."""
-        return int(self._inputs([text], [image])["input_ids"].shape[1])
-
     # -- generation ------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, questions: list[str], images: list, max_new_tokens: int = 8) -> list[str]:

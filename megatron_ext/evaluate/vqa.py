@@ -103,6 +103,8 @@ def greedy_answers(scorer, questions: list[Question], images: list, batch_size: 
         out += scorer.generate([questions[i].text for i in idx], [images[i] for i in idx], max_new_tokens)
         if bar is not None:
             bar.update(len(idx))
+    if bar is not None:
+        bar.close()
     return out
 
 
@@ -122,6 +124,8 @@ def ranked_answers(scorer, questions: list[Question], images: list, answers: tup
             scores.setdefault(i, []).append((logp, a))
         if bar is not None:
             bar.update(len(idx))
+    if bar is not None:
+        bar.close()
     return [max(scores[i], key=lambda s: s[0])[1] for i in range(len(questions))]
 
 
