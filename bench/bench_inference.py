@@ -74,7 +74,7 @@ def export_rose(preset: dict, out_dir: str, dtype) -> str:
     from megatron_ext.export import export_model
     from megatron_ext.methods import build_model
     from megatron_ext.vision_tower import VisionTower
-    from megatron_ext.vlm import VisionLanguageModel
+    from megatron_ext.core.vlm import VisionLanguageModel
 
     torch.manual_seed(0)
     lm = build_model(preset, method="rose", backend="local")

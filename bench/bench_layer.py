@@ -38,8 +38,8 @@ def one_layer_models(shape: dict, dtype: torch.dtype):
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    from megatron_ext.layout import fused_to_parts
-    from megatron_ext.model import build_rose
+    from megatron_ext.methods.rose.layout import fused_to_parts
+    from megatron_ext.methods.rose import build_rose
 
     rose = build_rose(shape, backend="auto", dtype=dtype).to(device())
     llm = shape["llm"]
@@ -84,7 +84,7 @@ def bench_layers(shape: dict, tokens: int, batch: int, visual_tokens: int, dtype
 
 def bench_rotation(d: int, n: int, blocks: int, tokens: int, batch: int, dtype, reps: int):
     """One projection W (d -> n) rotated per sample, forward+backward w.r.t. x and T."""
-    from megatron_ext.rotation import block_cayley, num_skew_params, rotate_transposed
+    from megatron_ext.methods.rose.rotation import block_cayley, num_skew_params, rotate_transposed
 
     b = d // blocks
     dev = device()

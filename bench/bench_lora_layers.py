@@ -64,7 +64,7 @@ def bench(shape_name: str, tokens: int, batch: int, visual_tokens: int, dtype, r
     image_ids = torch.full((batch, tokens), -1, device=dev)
     for b in range(batch):
         image_ids[b, :visual_tokens] = b
-    from megatron_ext.vora import vora_attention_mask
+    from megatron_ext.methods.vora import vora_attention_mask
     mask = vora_attention_mask(image_ids)
 
     run = {

@@ -6,11 +6,11 @@ z = (R W)^T x for a block-diagonal Cayley rotation R = diag(R_i), R_i = (I + P_i
                      (`rotate_transposed(apply="matmul")`, what training and prefill use);
 - explicit inverse:  R^T = 2 inv(I + P) - I with torch.linalg.inv, then one GEMM;
 - materialise R W:   the rotated weight W^T R^T per sample (from block_cayley), then one GEMM per
-                     sample (what DESIGN.md rule 1 forbids in training).
+                     sample (what docs/ARCHITECTURE.md rule 1 forbids in training).
 Forward + backward (w.r.t. x and T) of the rotated projection, and the orthogonality error
 max |R^T R - I| of the rotation each path actually applies, at small and large T (the paper's
 generator starts at T = 0; a trained one can reach large norms, where I + P is worse conditioned).
-Rotations are computed in fp32 whatever the activation dtype (DESIGN.md rule 2).
+Rotations are computed in fp32 whatever the activation dtype (docs/ARCHITECTURE.md, rule 2).
 
     python bench/bench_rotation.py                       # 7B shapes (q and down), ~1 min on 2 CPU cores
     python bench/bench_rotation.py --shape tiny          # seconds
@@ -35,7 +35,7 @@ SHAPES = {  # (name, d_in, d_out, blocks): the q and down projections of the LLM
 
 def rotations(T: torch.Tensor, b: int):
     """R^T per block, (batch, nb, b, b), as each path computes it (for the orthogonality error)."""
-    from megatron_ext.rotation import block_cayley, rotate_transposed, skew_from_tril
+    from megatron_ext.methods.rose.rotation import block_cayley, rotate_transposed, skew_from_tril
 
     nb = T.shape[-2]
     rows = torch.eye(b, device=T.device).repeat(1, nb)[:, None, :].expand(b, T.shape[0], nb * b)
@@ -55,7 +55,7 @@ def orthogonality_error(Rt: torch.Tensor) -> float:
 
 
 def bench(d: int, n: int, blocks: int, tokens: int, batch: int, dtype, reps: int, scales):
-    from megatron_ext.rotation import block_cayley, num_skew_params, rotate_transposed, skew_from_tril
+    from megatron_ext.methods.rose.rotation import block_cayley, num_skew_params, rotate_transposed, skew_from_tril
 
     b = d // blocks
     dev = device()

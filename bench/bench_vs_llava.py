@@ -87,8 +87,8 @@ def build_llava(preset: dict, visual_tokens: int, dtype):
     from megatron.core.models.multimodal import llava_model
     from megatron.core.transformer.mlp import MLPSubmodules
 
-    from megatron_ext.llm_config import gpt_model_kwargs, preset_transformer_config
-    from megatron_ext.specs import decoder_block_spec, linear_classes, resolve_backend
+    from megatron_ext.core.llm_config import gpt_model_kwargs, preset_transformer_config
+    from megatron_ext.core.specs import decoder_block_spec, linear_classes, resolve_backend
 
     backend = resolve_backend("auto")
     config = preset_transformer_config(preset, dtype)
@@ -189,7 +189,7 @@ class Inputs:
         self.vora_pos = torch.arange(visual + text, device=dev).expand(batch, visual + text)
         self.image_ids = torch.cat([torch.arange(batch, device=dev)[:, None].expand(batch, visual),
                                     torch.full((batch, text), -1, device=dev)], 1)
-        from megatron_ext.vora import VoRAConfig
+        from megatron_ext.methods.vora import VoRAConfig
         distilled = VoRAConfig(**preset["vora"]).distilled()
         self.teacher = [torch.randn(batch * visual, preset["vora"]["teacher_dim"], generator=g).to(dev, dtype)
                         for _ in distilled]

@@ -38,6 +38,7 @@ def caption(hf_dir: Path, tokenizer: Path, image, prompt: str, max_new_tokens: i
     from transformers import AutoModelForCausalLM, AutoProcessor
 
     from megatron_ext.data.text import HFTokenizer
+    from megatron_ext.methods import get_method
 
     processor = AutoProcessor.from_pretrained(hf_dir, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True).eval()
@@ -50,7 +51,7 @@ def caption(hf_dir: Path, tokenizer: Path, image, prompt: str, max_new_tokens: i
         ids = model.generate(**inputs, **greedy)[0, n_prompt:]
     result = dict(method=model.config.method, prompt=prompt, tokens=ids.tolist(),
                   caption=processor.decode(ids, skip_special_tokens=True), generate_s=round(time.time() - t0, 2))
-    if model.config.method != "vora":
+    if not get_method(model.config.method).visual_tokens_in_sequence:
         # the papers' inference mode: the image merged into the weights of a plain Qwen2. Its logits
         # along the caption must equal the full model's (greedy tokens could differ only at a tie)
         full = torch.cat([inputs["input_ids"], ids[None]], dim=1)

@@ -2,12 +2,13 @@
 
 The folder holds config.json (auto_map to the modeling code shipped beside it), sharded
 safetensors with an index, tokenizer and processor files, and generation_config.json. Only torch
-and transformers are needed to load it: the modeling code (megatron_ext/hf/remote) and the two
-pure-PyTorch files it builds on (rotation.py, vrmg.py) are copied in.
+and transformers are needed to load it: the modeling code (megatron_ext/hf/remote) and the
+pure-PyTorch files of the methods it builds on (SHIPPED) are copied in.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import logging
@@ -15,17 +16,30 @@ import shutil
 from pathlib import Path
 
 import torch
+from huggingface_hub import save_torch_state_dict
+from megatron.core import parallel_state
+from transformers import AutoImageProcessor, AutoTokenizer, GenerationConfig, SiglipImageProcessorPil
 
+from megatron_ext.core.vlm import VisionLanguageModel
+from megatron_ext.data.loader import pixel_stats
 from megatron_ext.hf.chat_template import chat_template
 from megatron_ext.hf.qwen2 import megatron_to_hf
+from megatron_ext.methods import get_method
+from megatron_ext.methods.training import build_training_model
+from megatron_ext.parallel import init_parallel
+from megatron_ext.training.checkpoint import latest, load_weights
+from megatron_ext.training.config import load_config
+from megatron_ext.vision_tower import VisionTower
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
+# the shared modeling code and the pure-PyTorch files of every method it imports
 SHIPPED = [HERE / "hf" / "remote" / "configuration_paramvision.py",
            HERE / "hf" / "remote" / "modeling_paramvision.py",
-           HERE / "hf" / "remote" / "processing_paramvision.py", HERE / "rotation.py", HERE / "vrmg.py",
-           HERE / "vlora_generator.py", HERE / "vora_embedding.py"]
-IMAGE_TOKEN = "<|image_pad|>"  # VoRA's image placeholder, a Qwen2.5 special token
+           HERE / "hf" / "remote" / "processing_paramvision.py",
+           HERE / "methods" / "rose" / "rotation.py", HERE / "methods" / "rose" / "vrmg.py",
+           HERE / "methods" / "vlora" / "vlora_generator.py",
+           HERE / "methods" / "vora" / "vora_embedding.py"]
 AUTO_MAP = {"AutoConfig": "configuration_paramvision.ParamVisionConfig",
             "AutoModelForCausalLM": "modeling_paramvision.ParamVisionForCausalLM",
             # lmms-eval's generic chat model loads a model_type it does not know with AutoModel
@@ -46,58 +60,20 @@ def qwen2_text_config(llm: dict, hf_vocab_size: int, dtype: str = "float32"):
         tie_word_embeddings=bool(llm.get("tie_word_embeddings", False)), dtype=dtype)
 
 
-def _injection(lm, tokenizer) -> tuple[str, str, dict]:
-    """(method, state-dict prefix of its generator, the settings the modeling code rebuilds it from)."""
-    from megatron_ext.model import ROSEModel
-    from megatron_ext.vlora import VLoRAModel
-    from megatron_ext.vora import VoRAModel
-
-    if isinstance(lm, VoRAModel):
-        v = lm.vora
-        return "vora", "vision_embedding", {
-            "embedding": {"patch_size": v.patch_size, "image_size": v.image_size,
-                          "embed_width": v.embed_width, "in_channels": v.in_channels},
-            "bidirectional": v.bidirectional,
-            "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)}
-    if isinstance(lm, ROSEModel):
-        rose = lm.rose
-        return "rose", "vrmg", {"layers": rose.equipped_layers(lm.config.num_layers),
-                                "projections": list(rose.projections), "blocks": rose.blocks,
-                                "generator_width": rose.generator_width,
-                                "generator_heads": rose.generator_heads}
-    if isinstance(lm, VLoRAModel):
-        v = lm.vlora
-        return "vlora", "generator", {
-            "layers": lm.all_equipped, "weight_types": list(v.weight_types), "rank": v.rank,
-            "scale": (v.alpha if v.alpha is not None else v.rank) / v.rank,
-            "generator_width": v.generator_width, "generator_depth": v.generator_depth,
-            "generator_heads": v.generator_heads, "generator_mlp_ratio": v.generator_mlp_ratio}
-    raise ValueError(f"no Hugging Face export for {type(lm).__name__} yet")
-
-
 def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_processor,
                  max_shard_size: str = "2GB", max_new_tokens: int = 64) -> Path:
-    """Write a model built at TP=1, PP=1 with its weights loaded as a HF folder: a
-    VisionLanguageModel around ROSE or VLoRA, or a VoRAModel, whose LoRA is merged into the base
-    weights first (in place: VoRA is exported merged, as the paper deploys it)."""
-    from megatron_ext.vora import VoRAModel
-    from huggingface_hub import save_torch_state_dict
-    from transformers import GenerationConfig
-
-    from megatron.core import parallel_state
-
+    """Write a model built at TP=1, PP=1 with its weights loaded as a HF folder: what the training
+    loop ran (e.g. a VisionLanguageModel around ROSE or VLoRA) or a bare LLM, as its method's
+    spec exports it (VoRA merges its LoRA into the base weights first, in place, as the paper
+    deploys it)."""
     if parallel_state.get_tensor_model_parallel_world_size() * \
             parallel_state.get_pipeline_model_parallel_world_size() != 1:
         raise ValueError("export from a TP=1, PP=1 model (distributed checkpoints reshard on load)")
-    if isinstance(getattr(model, "lm", None), VoRAModel):  # VoRA's training wrapper: the LLM alone
-        model = model.lm
-    lm, tower = (model, None) if isinstance(model, VoRAModel) else (model.lm, model.vision)
-    method, generator_prefix, injection = _injection(lm, tokenizer)
-    if method == "vora":
-        lm.merge_and_unload()
-        generator = lm.vision_embedding
-    else:
-        generator = lm.generator
+    spec = get_method(model.method)
+    if spec.export is None:
+        raise ValueError(f"method {spec.name} has no Hugging Face export yet")
+    part = spec.export(model, tokenizer)
+    lm, tower = part.lm, part.tower
     hf_vocab = len(tokenizer)
     if hf_vocab > llm["vocab_size"]:
         raise ValueError(f"the tokenizer has {hf_vocab} ids but the model's vocabulary is {llm['vocab_size']}")
@@ -105,20 +81,20 @@ def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_process
     out.mkdir(parents=True, exist_ok=True)
 
     state = megatron_to_hf(lm.language_model.state_dict(), lm.config, hf_vocab, prefix="language_model.")
-    state.update({f"{generator_prefix}.{k}": v.detach().clone() for k, v in generator.state_dict().items()})
+    state.update(part.state)
     if tower is not None:
         state.update({f"vision_tower.{k}": v.detach().clone() for k, v in tower.model.state_dict().items()})
     save_torch_state_dict(state, out, max_shard_size=max_shard_size)
 
-    for f in SHIPPED:
+    for f in [*SHIPPED, *part.files]:
         shutil.copy2(f, out / f.name)
     dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
     config = {
         "architectures": ["ParamVisionForCausalLM"], "model_type": "paramvision", "auto_map": AUTO_MAP,
-        "method": method, "feature_layer": tower.feature_layer if tower else None, "dtype": dtype,
+        "method": spec.name, "feature_layer": tower.feature_layer if tower else None, "dtype": dtype,
         "text_config": qwen2_text_config(llm, hf_vocab, dtype).to_dict(),
         "vision_config": tower.model.config.to_dict() if tower else None,
-        "injection": injection,
+        "injection": part.injection,
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer = copy.deepcopy(tokenizer)  # the caller's keeps its own template
@@ -128,9 +104,7 @@ def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_process
     image_processor.save_pretrained(out)
     processor = {"processor_class": "ParamVisionProcessor",
                  "auto_map": {"AutoProcessor": "processing_paramvision.ParamVisionProcessor"}}
-    if method == "vora":
-        grid = injection["embedding"]["image_size"] // injection["embedding"]["patch_size"]
-        processor.update(image_token=IMAGE_TOKEN, image_tokens=grid * grid)
+    processor.update(part.processor)
     (out / "processor_config.json").write_text(json.dumps(processor, indent=2))
     eos = tokenizer.eos_token_id
     GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id or eos,
@@ -147,13 +121,6 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir
     Rebuilds the run's model from its resolved config.yaml at TP=1, PP=1 in this process. A run
     trained on precomputed visual features (S1 with a frozen encoder) names the encoder they came
     from with `vision_dir`; a run with model.vision_weights has its own (trained) tower."""
-    from transformers import AutoImageProcessor, AutoTokenizer
-
-    from megatron_ext.parallel import init_parallel
-    from megatron_ext.train import build_model
-    from megatron_ext.training.checkpoint import latest, load_weights
-    from megatron_ext.training.config import load_config
-
     path = latest(Path(checkpoint))
     if path is None:
         raise FileNotFoundError(f"no complete checkpoint under {checkpoint}")
@@ -161,26 +128,25 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir
     if run_dir is None:
         raise FileNotFoundError(f"no config.yaml beside {path} (a run directory holds the resolved config)")
     cfg = load_config(str(run_dir / "config.yaml"), ["parallel.tensor=1", "parallel.pipeline=1"])
-    if cfg.model.method == "vora":  # the distillation teacher is not part of the model
+    spec = get_method(cfg.model.method)
+    takes_features = spec.inputs == "features"
+    if not takes_features:  # its model.vision_weights is a training-time teacher, not part of the model
         cfg.model.vision_weights = None
     tokenizer_dir = tokenizer_dir or (cfg.data.tokenizer if Path(cfg.data.tokenizer).is_dir() else None)
     if tokenizer_dir is None:
         raise ValueError(f"the run tokenised with '{cfg.data.tokenizer}'; pass --tokenizer with a "
                          "Hugging Face tokenizer directory for the export")
-    if cfg.model.method != "vora" and not (cfg.model.vision_weights or vision_dir):
+    if takes_features and not (cfg.model.vision_weights or vision_dir):
         raise ValueError("the run trained on precomputed visual features and has no vision tower "
                          "(model.vision_weights): pass --vision with the encoder they came from")
     init_parallel(1, 1)
-    preset, model = build_model(cfg, torch.float32)
+    preset, model = build_training_model(cfg, torch.float32)
     result = load_weights(path, model)
     if result["kept_at_init"]:
         raise ValueError(f"{path} lacks {len(result['kept_at_init'])} tensors of the model, e.g. "
                          f"{result['kept_at_init'][:3]}")
-    if cfg.model.method != "vora" and not cfg.model.vision_weights:
-        from megatron_ext.vision_tower import VisionTower
-        from megatron_ext.vlm import VisionLanguageModel
-
-        model = VisionLanguageModel(model, VisionTower.from_pretrained(vision_dir), model.equipped,
+    if takes_features and not cfg.model.vision_weights:
+        model = VisionLanguageModel(model, VisionTower.from_pretrained(vision_dir), model.all_equipped,
                                     train_vision=False)
     if cfg.data.kind != "synthetic":  # trained on pixels: export exactly the loader's preprocessing
         image_processor = training_image_processor(cfg, image_processor_dir)
@@ -199,10 +165,6 @@ def training_image_processor(cfg, given_dir: str | None = None):
     (bicubic), scale to [0, 1], normalise with the loader's statistics (megatron_ext/data/loader.py
     pixel_stats: the tower's own; 0.5 for VoRA). A given processor that differs is reported and
     not used: the export must see images as training did."""
-    from transformers import AutoImageProcessor, SiglipImageProcessorPil
-
-    from megatron_ext.data.loader import pixel_stats
-
     mean, std = pixel_stats(cfg)
     size = cfg.data.image_size
     ours = SiglipImageProcessorPil(size={"height": size, "width": size}, image_mean=list(mean), image_std=list(std))
@@ -219,8 +181,6 @@ def training_image_processor(cfg, given_dir: str | None = None):
 
 
 def main(argv=None) -> None:
-    import argparse
-
     ap = argparse.ArgumentParser(description="Export a training checkpoint to a Hugging Face folder "
                                              "(load with trust_remote_code=True).")
     ap.add_argument("--checkpoint", required=True, help="a run dir, its checkpoints/ dir or one step dir")

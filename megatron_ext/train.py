@@ -46,105 +46,6 @@ class _Preemption:
         return bool(t.item())
 
 
-def _dtype(cfg: TrainConfig) -> torch.dtype:
-    if cfg.train.dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.train.dtype]
-
-
-def _overrides(cfg: TrainConfig) -> dict:
-    """TransformerConfig settings that come from the training config."""
-    return {"fp8": cfg.train.fp8} if cfg.train.fp8 else {}
-
-
-def build_model(cfg: TrainConfig, dtype: torch.dtype, train_vision: bool = False):
-    """The method's model for this rank; with model.vision_weights, wrapped with the vision tower
-    (on the first pipeline stage; its features reach the stages with equipped layers)."""
-    from megatron_ext.methods import build_model as build, resolve_preset
-
-    preset = resolve_preset(cfg.model.preset)
-    overrides = _overrides(cfg)
-    torch.manual_seed(cfg.train.seed)
-    if cfg.model.method == "vora":
-        return preset, _build_vora(cfg, preset, dtype, overrides)
-    lm = build(preset, method=cfg.model.method, backend=cfg.model.backend, dtype=dtype,
-               config_overrides=overrides)
-    if not cfg.model.vision_weights:
-        return preset, lm
-    if cfg.data.kind == "synthetic":
-        raise ConfigError("data.kind=synthetic supplies visual features, which bypass the vision tower; "
-                          "unset model.vision_weights or read images (data.kind=webdataset|dali)")
-    method_cfg = getattr(lm, "rose", None) or getattr(lm, "vlora", None)
-    if method_cfg is None or not hasattr(method_cfg, "equipped_layers"):
-        raise ConfigError(f"model.vision_weights: method {cfg.model.method} does not take a vision "
-                          f"tower's features (VoRA embeds raw patches)")
-    from megatron.core import parallel_state as ps
-
-    from megatron_ext.vision_tower import VisionTower
-    from megatron_ext.vlm import VisionLanguageModel
-
-    tower = VisionTower.from_pretrained(cfg.model.vision_weights, dtype=dtype) \
-        if ps.is_pipeline_first_stage() else None
-    return preset, VisionLanguageModel(lm, tower, method_cfg.equipped_layers(lm.config.num_layers),
-                                       train_vision)
-
-
-def _vora_merged(cfg: TrainConfig) -> bool:
-    """A VoRA stage that trains neither LoRA nor aux heads (S2) runs the merged model."""
-    from megatron_ext.training.stages import default_trainable
-
-    trainable = cfg.train.trainable or default_trainable("vora", cfg.train.stage)
-    return not {"lora", "aux"} & set(trainable)
-
-
-def _build_vora(cfg: TrainConfig, preset: dict, dtype: torch.dtype, overrides: dict, merged=None,
-                with_teacher: bool = True):
-    """VoRA for this rank: pre-training (LoRA + aux heads) or the merged model (S2). On images, the
-    VoRAVisionModel wrapper; while distilling, the teacher (model.vision_weights) on stage 0."""
-    from megatron.core import parallel_state as ps
-
-    from megatron_ext.methods import build_model as build
-    from megatron_ext.vora import VoRAConfigError, VoRATeacher, VoRAVisionModel, teacher_check
-
-    merged = _vora_merged(cfg) if merged is None else merged
-    lm = build(preset, method="vora", backend=cfg.model.backend, dtype=dtype, config_overrides=overrides,
-               merged=merged)
-    if cfg.data.kind == "synthetic":
-        return lm  # (run() refuses to train it: VoRA needs pixels)
-    distill = with_teacher and not merged and bool(lm.vora.distilled()) and bool(cfg.model.vision_weights)
-    teacher = None
-    if distill:
-        try:
-            teacher_check(cfg.model.vision_weights, lm.vora, cfg.data.image_size)  # every rank
-            if ps.is_pipeline_first_stage():
-                teacher = VoRATeacher.from_pretrained(cfg.model.vision_weights, lm.vora,
-                                                      cfg.data.image_size, dtype)
-        except VoRAConfigError as e:
-            raise ConfigError(f"model.vision_weights={cfg.model.vision_weights} (VoRA's teacher): {e}") from None
-    return VoRAVisionModel(lm, teacher, distill)
-
-
-def _check_vora(cfg: TrainConfig, trainable: list) -> None:
-    from megatron_ext.data.loader import image_tokens
-    from megatron_ext.methods import resolve_preset
-    from megatron_ext.presets import vora_config
-
-    if cfg.data.kind == "synthetic":
-        raise ConfigError("VoRA embeds the image's pixels in the sequence; precomputed features "
-                          "(data.kind=synthetic) cannot train it: use data.kind=webdataset|dali")
-    if "teacher" in trainable:
-        raise ConfigError("train.trainable: VoRA's teacher is frozen by design (the distillation target)")
-    preset = resolve_preset(cfg.model.preset)
-    try:
-        image_tokens(cfg, preset)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if not _vora_merged(cfg) and vora_config(preset).distilled() and not cfg.model.vision_weights:
-        raise ConfigError("VoRA pre-training distils its blocks from a ViT teacher: set "
-                          "model.vision_weights to a local AIMv2 (or SigLIP/CLIP) directory, or "
-                          "drop distillation with the preset's vora.distill_layers: []")
-
-
 def _log_trainable(summary: dict, trainable: list) -> None:
     """One line per TP/PP rank (DP replicas are identical): every group's tensors and elements."""
     from megatron.core import parallel_state as ps
@@ -163,7 +64,9 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     whether it trains and whether this run changed it (tests check trainable sets with it)."""
     from megatron.core import parallel_state as ps
 
-    from megatron_ext.data.loader import build_loader
+    from megatron_ext.data.loader import build_loader, image_tokens
+    from megatron_ext.methods.training import (build_training_model, check_training, load_previous_stage,
+                                               train_dtype, trainable_groups)
     from megatron_ext.parallel import init_parallel
     from megatron_ext.training import checkpoint, megatron_cpu, optim, stages
     from megatron_ext.training.grads import make_finalize
@@ -182,19 +85,12 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    dtype = _dtype(cfg)
+    dtype = train_dtype(cfg)
     nmb = num_microbatches(cfg, dp)
 
-    trainable = cfg.train.trainable or stages.default_trainable(cfg.model.method, cfg.train.stage)
-    vora = cfg.model.method == "vora"
-    if vora:
-        _check_vora(cfg, trainable)
-    preset, model = build_model(cfg, dtype, train_vision="vision" in trainable)
-    if not vora and cfg.data.kind != "synthetic" and not hasattr(model, "encode"):
-        raise ConfigError(
-            f"data.kind={cfg.data.kind} delivers images (pixel_values), but the {cfg.model.method} "
-            f"model built here has no vision tower to encode them; set model.vision_weights (a local "
-            f"SigLIP/CLIP directory) or train on precomputed features (data.kind=synthetic)")
+    trainable = trainable_groups(cfg)
+    check_training(cfg, trainable)
+    preset, model = build_training_model(cfg, dtype, trainable)
     summary = stages.apply_trainable(model, trainable)
     _log_trainable(summary, trainable)
 
@@ -203,17 +99,7 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
         src = checkpoint.latest(Path(cfg.train.init_from))
         if src is None:
             raise ConfigError(f"train.init_from={cfg.train.init_from}: no checkpoint there")
-        merge = False
-        if vora:
-            from megatron_ext.vora import checkpoint_has_lora, load_merged
-            merge = getattr(model, "lm", model).merged and checkpoint_has_lora(src)
-        if merge:  # S2 from S1: the LoRA folded into the base weights, the aux heads dropped
-            info = load_merged(src, model, lambda: _build_vora(cfg, preset, dtype, _overrides(cfg),
-                                                               merged=False, with_teacher=False))
-            if rank0:
-                log.info("init_from %s: pre-training LoRA merged into the base weights", src)
-        else:
-            info = checkpoint.load_weights(src, model)
+        info = load_previous_stage(src, model, cfg, preset, dtype)
         if rank0:
             log.info("init_from %s: %d tensors loaded; kept at initialisation: %s", src,
                      info["loaded"], info["kept_at_init"] or "none")
@@ -244,12 +130,9 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()} if keep_model else None
     from megatron_ext.training.mfu import mfu, peak_flops_total, train_flops_per_sample
-    visual_tokens = cfg.data.visual_tokens if cfg.data.kind == "synthetic" else 0
-    seq = cfg.data.seq_length
-    if vora:  # the image's patches are tokens of the sequence
-        from megatron_ext.data.loader import image_tokens
-        visual_tokens = image_tokens(cfg, preset)
-        seq += visual_tokens
+    in_sequence = image_tokens(cfg, preset)  # the image's tokens where they are in the sequence
+    visual_tokens = in_sequence or (cfg.data.visual_tokens if cfg.data.kind == "synthetic" else 0)
+    seq = cfg.data.seq_length + in_sequence
     sample_flops = train_flops_per_sample(preset, cfg.model.method, cfg.data.seq_length, visual_tokens)
     peak = peak_flops_total(dist.get_world_size())
     metrics = Metrics(run_dir, cfg, cfg.train.steps, start, enabled=rank0)

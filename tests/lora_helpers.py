@@ -2,7 +2,7 @@
 
 import torch
 
-from megatron_ext.presets import load_preset
+from megatron_ext.core.presets import load_preset
 
 VLORA = load_preset("tiny-vlora")
 VORA = load_preset("tiny-vora")
@@ -27,7 +27,7 @@ def randomize(model, names=("lora_B",), seed=0, scale=0.05):
 
 
 def tiny_vlora(**kwargs):
-    from megatron_ext.vlora import build_vlora
+    from megatron_ext.methods.vlora import build_vlora
 
     torch.manual_seed(0)
     return build_vlora(VLORA, backend="local", **kwargs)
@@ -73,7 +73,7 @@ def run_schedule(model, batches, forward):
 
 def stage_state_dict(full: dict, model) -> dict:
     """The entries of a PP=1 state dict that this pipeline stage holds, layers renumbered locally."""
-    from megatron_ext.specs import stage_layers
+    from megatron_ext.core.specs import stage_layers
 
     layers = list(stage_layers(model.config))
     own = model.state_dict()
@@ -95,7 +95,7 @@ def grads(params) -> dict:
 
 
 def tiny_vora(**kwargs):
-    from megatron_ext.vora import build_vora
+    from megatron_ext.methods.vora import build_vora
 
     torch.manual_seed(0)
     return build_vora(VORA, backend="local", **kwargs)

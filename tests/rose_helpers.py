@@ -2,8 +2,8 @@
 
 import torch
 
-from megatron_ext.model import build_rose
-from megatron_ext.presets import load_preset
+from megatron_ext.methods.rose import build_rose
+from megatron_ext.core.presets import load_preset
 
 PRESET = load_preset("tiny")
 VOCAB = PRESET["llm"]["vocab_size"]

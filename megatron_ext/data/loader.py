@@ -11,6 +11,8 @@ import logging
 import torch
 
 from megatron_ext.data.sampler import RankSampler
+from megatron_ext.data.shards import MEAN, STD, tower_pixel_stats
+from megatron_ext.methods import get_method
 
 log = logging.getLogger(__name__)
 
@@ -46,27 +48,20 @@ class MicroBatchLoader:
 
 
 def image_tokens(cfg, preset: dict) -> int:
-    """Tokens each image takes in the sequence: VoRA's patches of data.image_size; 0 for methods
-    whose image enters the weights."""
-    if cfg.model.method != "vora":
-        return 0
-    from megatron_ext.presets import vora_config
-
-    p = vora_config(preset).patch_size
-    if cfg.data.image_size % p:
-        raise ValueError(f"data.image_size={cfg.data.image_size} is not a multiple of VoRA's "
-                         f"{p}-pixel patch (the preset's vora.patch_size)")
-    return (cfg.data.image_size // p) ** 2
+    """Tokens each image takes in the sequence (the method's spec: VoRA's patches of
+    data.image_size; 0 for methods whose image enters the weights)."""
+    return get_method(cfg.model.method).image_tokens(cfg, preset)
 
 
 def pixel_stats(cfg) -> tuple[tuple, tuple]:
-    """(mean, std) the loaders normalise with: the vision tower's own (its directory's
-    preprocessor_config.json), so that a CLIP tower sees CLIP's statistics in training as in the
-    export; mean = std = 0.5 without one. VoRA's pixels feed its own patch embedding (its teacher
-    re-normalises), so VoRA keeps 0.5."""
-    from megatron_ext.data.shards import MEAN, STD, tower_pixel_stats
-
-    if cfg.model.method == "vora" or not cfg.model.vision_weights:
+    """(mean, std) the loaders normalise with: the method's own where its spec has them (VoRA's
+    pixels feed its own patch embedding, whose teacher re-normalises: 0.5), else the vision
+    tower's (its directory's preprocessor_config.json), so that a CLIP tower sees CLIP's
+    statistics in training as in the export; mean = std = 0.5 without one."""
+    spec = get_method(cfg.model.method)
+    if spec.pixel_stats is not None:
+        return spec.pixel_stats(cfg)
+    if not cfg.model.vision_weights:
         return MEAN, STD
     return tower_pixel_stats(cfg.model.vision_weights)
 

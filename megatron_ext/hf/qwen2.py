@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from megatron.core import parallel_state
 
-from megatron_ext.fused_layout import fuse
+from megatron_ext.core.fused_layout import fuse
 from megatron_ext.hf.safetensors_dir import CheckpointError, SafetensorsDir
-from megatron_ext.specs import stage_layers
+from megatron_ext.core.specs import stage_layers
 
 log = logging.getLogger(__name__)
 SUPPORTED = ("Qwen2ForCausalLM",)
@@ -204,7 +204,7 @@ def megatron_to_hf(state: dict, config, hf_vocab_size: int, prefix: str = "") ->
 
     Accepts plain fused linears, per-part (ROSE) linears and TE's fused norms; drops padded
     vocabulary rows. `prefix` is prepended to every Hugging Face name."""
-    from megatron_ext.fused_layout import unfuse
+    from megatron_ext.core.fused_layout import unfuse
 
     out = {}
     put = lambda name, t: out.__setitem__(prefix + name, t.detach().clone().contiguous())

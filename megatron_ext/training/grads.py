@@ -14,10 +14,7 @@ import torch.distributed as dist
 
 def pipeline_replicated_params(model, trainable_only: bool = True) -> list:
     """Parameters replicated over pipeline stages whose grads are partial per stage."""
-    model = getattr(model, "lm", model)  # inside a VisionLanguageModel
-    if hasattr(model, "finalize_generator_grads") and getattr(model, "generator", None) is not None:
-        return [p for p in model.generator.parameters() if p.requires_grad or not trainable_only]
-    return []
+    return [p for p in model.pipeline_replicated_parameters() if p.requires_grad or not trainable_only]
 
 
 def make_finalize(model):

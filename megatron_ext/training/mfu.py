@@ -1,8 +1,9 @@
-"""Model FLOPs utilisation from megatron_ext/flops.py (the papers' FLOPs conventions).
+"""Model FLOPs utilisation from megatron_ext/flops.py's conventions.
 
-Training FLOPs per sample = 3 x forward (flops.py's convention) for the LLM at the preset's shape
-with the method's injection; MFU = achieved FLOP/s / (peak bf16 FLOP/s of the GPU x GPUs). None
-where the device has no known peak (CPU, unlisted GPUs) or the method has no FLOPs model.
+Training FLOPs per sample = 3 x forward for the LLM at the preset's shape with the method's
+injection (its spec's FLOPs model, the branch form as trained); MFU = achieved FLOP/s / (peak bf16
+FLOP/s of the GPU x GPUs). None where the device has no known peak (CPU, unlisted GPUs) or the
+method has no FLOPs model.
 """
 
 from __future__ import annotations
@@ -11,46 +12,29 @@ from typing import Optional
 
 import torch
 
-
-def _llm(preset: dict) -> dict:
-    l = preset["llm"]
-    heads = l["num_attention_heads"]
-    return dict(hidden=l["hidden_size"], layers=l["num_layers"], heads=heads,
-                kv_heads=l.get("num_query_groups", heads),
-                head_dim=l.get("kv_channels") or l["hidden_size"] // heads,
-                ffn=l["ffn_hidden_size"], vocab=l["vocab_size"], gated=True)
+from megatron_ext.core.flops import attention_score_flops, decoder_projection_flops, lm_head_flops, llm_shape
+from megatron_ext.flops import peak_flops
+from megatron_ext.methods import get_method
 
 
 def train_flops_per_sample(preset: dict, method: str, text_tokens: int, visual_tokens: int) -> Optional[float]:
-    from megatron_ext import flops
-
-    llm = _llm(preset)
-    vdim = preset.get("vision", {}).get("hidden_size", llm["hidden"])
-    fwd = (flops.decoder_projection_flops(llm, text_tokens)
-           + flops.attention_score_flops(llm, text_tokens) + flops.lm_head_flops(llm, text_tokens))
-    if method == "rose":
-        r = preset.get("rose", {})
-        inj = flops.Injection(every=r.get("every", 4), blocks=r.get("blocks", 64),
-                              projections=len(r.get("projections", [1] * 7)),
-                              generator_width=r.get("generator_width", 512))
-        fwd += sum(flops.rose_flops(llm, inj, text_tokens, visual_tokens, vdim).values())
-    elif method == "vlora":
-        v = preset.get("vlora", {})
-        inj = flops.Injection(every=v.get("every", 4), rank=v.get("rank", 64), merged=False,
-                              generator_width=v.get("generator_width", 512),
-                              generator_blocks=v.get("generator_depth", 8))
-        fwd += sum(flops.vlora_flops(llm, inj, text_tokens, visual_tokens, vdim).values())
-    elif method != "none":
+    """visual_tokens: per sample, in the sequence where the method puts them there."""
+    spec = get_method(method)
+    if spec.flops is None:
         return None
+    llm = llm_shape(preset)
+    vdim = preset.get("vision", {}).get("hidden_size", llm["hidden"])
+    seq = text_tokens + (visual_tokens if spec.visual_tokens_in_sequence else 0)
+    fwd = (decoder_projection_flops(llm, seq) + attention_score_flops(llm, seq)
+           + lm_head_flops(llm, text_tokens))
+    fwd += sum(spec.flops(llm, spec.config(preset), text_tokens, visual_tokens, vdim, merged=False).values())
     return 3.0 * fwd
 
 
 def peak_flops_total(world_size: int) -> Optional[float]:
     if not torch.cuda.is_available():
         return None
-    from megatron_ext import flops
-
-    peak = flops.peak_flops(torch.cuda.get_device_name())
+    peak = peak_flops(torch.cuda.get_device_name())
     return peak * world_size if peak else None
 
 

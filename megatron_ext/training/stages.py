@@ -1,4 +1,5 @@
-"""Trainable sets by named parameter groups; each (method, stage) names the groups that train.
+"""Trainable sets by named parameter groups; each method's spec names the groups that train in
+each stage (MethodSpec.stages, megatron_ext/methods/training.py default_trainable).
 
 A method plugs in by naming groups: a model may define `parameter_groups() -> {group: [params]}`;
 otherwise parameters are grouped by where they live (below). Every parameter belongs to exactly
@@ -16,26 +17,6 @@ log = logging.getLogger(__name__)
 # "unused": parameters whose outputs nothing reads (a vision tower's blocks after the feature layer,
 # its pooling head); no stage trains them
 GROUPS = ("generator", "vision", "lora", "embedding", "aux", "llm", "unused")
-
-# The papers' stages. ROSE: S1 VRMG, S2 VRMG + vision encoder, S3 everything. VLoRA: pre-training
-# trains the generator (with its W_s), fine-tuning adds the LLM. VoRA: LoRA + vision embedding (+ the
-# distillation heads), then the merged LLM + embedding.
-STAGES = {
-    "rose": {"s1": ["generator"], "s2": ["generator", "vision"], "s3": ["generator", "vision", "llm"]},
-    "vlora": {"s1": ["generator"], "s2": ["generator", "llm"]},
-    "vora": {"s1": ["lora", "embedding", "aux"], "s2": ["llm", "embedding"]},
-    "none": {"s1": ["llm"]},
-}
-
-
-def default_trainable(method: str, stage: str) -> list[str]:
-    try:
-        return list(STAGES[method][stage])
-    except KeyError:
-        known = {m: sorted(s) for m, s in STAGES.items()}
-        raise ValueError(f"no default trainable set for method={method!r} stage={stage!r}; "
-                         f"known: {known}; or set train.trainable to a list of {list(GROUPS)}") from None
-
 
 def _group_of(name: str, generator_ids: set, param) -> str:
     if id(param) in generator_ids or name.startswith("generator") or ".generator." in name:

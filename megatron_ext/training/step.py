@@ -14,19 +14,18 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+_TEXT_KEYS = ("input_ids", "position_ids", "labels", "loss_mask")
+
+
 def forward_step_func(nan: bool = False):
     def forward_step(data_iterator, model):
         b = next(data_iterator)  # every stage reads the micro-batch: its visual features (rule 7)
         if torch.cuda.is_available():  # the loaders build batches on the host
             b = {k: v.to(torch.cuda.current_device(), non_blocking=True) for k, v in b.items()}
-        if "image_mask" in b:  # VoRA: the image's patches are tokens of the sequence
-            out = model(b["input_ids"], b["position_ids"], None, pixel_values=b["pixel_values"],
-                        image_mask=b["image_mask"], labels=b["labels"])
-        elif "pixel_values" in b:  # a model with its vision tower encodes on the first stage
-            out = model(b["input_ids"], b["position_ids"], None, pixel_values=b["pixel_values"],
-                        labels=b["labels"])
-        else:
-            out = model(b["input_ids"], b["position_ids"], None, b["visual_features"], labels=b["labels"])
+        # the rest of the batch is what the method's model takes by name: visual_features, or
+        # pixel_values (and image_mask where the image's tokens are in the sequence)
+        inputs = {k: v for k, v in b.items() if k not in _TEXT_KEYS}
+        out = model(b["input_ids"], b["position_ids"], None, labels=b["labels"], **inputs)
         mask = b["loss_mask"]
 
         def loss_func(per_token):
@@ -64,12 +63,17 @@ def aux_loss_scale(config, num_microbatches: int) -> float:
     return float(config.grad_scale_func(torch.ones(1, device=device))) / num_microbatches
 
 
-def reduce_distill(model) -> float:
-    """The step's distillation loss (mean over micro-batches and DP replicas), on every rank:
-    each pipeline stage holds the loss of its own blocks, so stages sum; TP ranks repeat it."""
+def reduce_aux(model) -> float | None:
+    """The step's auxiliary loss (VoRA's distillation; mean over micro-batches and DP replicas) on
+    every rank, None where the model has none: each pipeline stage holds the loss of its own
+    blocks, so stages sum; TP ranks repeat it. Every rank's model has an aux loss or none alike
+    (a stage without such blocks answers 0.0), so all or none of them enter the collective."""
     from megatron.core import parallel_state as ps
 
-    t = torch.tensor([model.stage_distill_loss()], dtype=torch.float64)
+    mine = model.stage_aux_loss()
+    if mine is None:
+        return None
+    t = torch.tensor([mine], dtype=torch.float64)
     dist.all_reduce(t)
     return t.item() / (ps.get_tensor_model_parallel_world_size() * ps.get_data_parallel_world_size())
 
@@ -77,7 +81,7 @@ def reduce_distill(model) -> float:
 def train_step(ddp_model, optimizer, scheduler, batches: list, step: int, nan: bool = False) -> dict:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_ext import feature_exchange
+    from megatron_ext.core import feature_exchange
 
     # the schedule counts finished steps; stepping it first makes step k run at lr(k): warmup
     # starts above zero and the last step runs at min_lr
@@ -86,16 +90,14 @@ def train_step(ddp_model, optimizer, scheduler, batches: list, step: int, nan: b
     optimizer.zero_grad()
     seq = batches[0]["input_ids"].shape[1]
     model = getattr(ddp_model, "module", ddp_model)
-    distills = getattr(model, "distill", False)  # VoRA pre-training with its teacher
-    if distills:
-        model.begin_step(aux_loss_scale(model.config, len(batches)))
+    model.begin_step(aux_loss_scale(model.config, len(batches)))
     results = get_forward_backward_func()(
         forward_step_func=forward_step_func(nan), data_iterator=iter(batches), model=[ddp_model],
         num_microbatches=len(batches), seq_length=seq,
         micro_batch_size=batches[0]["input_ids"].shape[0], forward_only=False)
     feature_exchange.finish()  # every feature send of this step was received by now
     loss = reduce_loss(results)
-    distill = reduce_distill(model) if distills else None
+    distill = reduce_aux(model)
     if not math.isfinite(loss) or (distill is not None and not math.isfinite(distill)):
         what = f"loss is {loss}" if not math.isfinite(loss) else f"distillation loss is {distill}"
         raise NonFiniteLoss(f"step {step}: {what}; stopping before the optimizer step")

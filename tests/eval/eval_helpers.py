@@ -16,7 +16,7 @@ def write_blind_rose_export(out: Path) -> Path:
     from megatron_ext.export import export_model
     from megatron_ext.methods import build_model, resolve_preset
     from megatron_ext.vision_tower import VisionTower
-    from megatron_ext.vlm import VisionLanguageModel
+    from megatron_ext.core.vlm import VisionLanguageModel
     from recaption.tiny import build_tokenizer
 
     preset = json.loads(json.dumps(resolve_preset("tiny")))

@@ -20,7 +20,7 @@ def exported(request, tmp_path_factory):
     from megatron_ext.export import export_model
     from megatron_ext.methods import build_model, resolve_preset
     from megatron_ext.vision_tower import VisionTower
-    from megatron_ext.vlm import VisionLanguageModel
+    from megatron_ext.core.vlm import VisionLanguageModel
     from recaption.tiny import build_tokenizer
     from rose_helpers import randomize_generator
 

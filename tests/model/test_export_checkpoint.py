@@ -20,7 +20,7 @@ def _train(rank, run_dir, layout):
     TP shards gathered, decoder layers renumbered globally (the caller joins the stages)."""
     from megatron.core import parallel_state
 
-    from megatron_ext.specs import stage_layers
+    from megatron_ext.core.specs import stage_layers
     from megatron_ext.train import run
     from megatron_ext.training.config import load_config
 
@@ -86,8 +86,8 @@ def test_export_cli_from_a_tp2_or_pp2_checkpoint_holds_the_trained_weights(train
     from safetensors.torch import load_file
 
     from megatron_ext.hf.qwen2 import megatron_to_hf
-    from megatron_ext.llm_config import qwen2_transformer_config
-    from megatron_ext.presets import load_preset
+    from megatron_ext.core.llm_config import qwen2_transformer_config
+    from megatron_ext.core.presets import load_preset
 
     root, full = trained_run
     out = root / "hf"

@@ -3,7 +3,7 @@ within 1% and orders the methods as the papers claim."""
 
 import pytest
 
-from megatron_ext.flops import Injection, breakdown, main, peak_flops
+from megatron_ext.flops import breakdown, main, peak_flops
 
 LLM_PART = ("decoder projections", "attention scores", "perceptual weights")
 
@@ -32,7 +32,7 @@ def test_rose_costs_a_fraction_of_llava_and_its_extras_are_small():
     extras = rose["rotations"] + rose["generator"]
     assert 0 < extras < 0.05 * rose["decoder projections"]
     # branch-form VoRA grows with LoRA, merged VoRA is the plain LLM on the longer sequence
-    vora = breakdown("qwen2.5-7b", "vora", 729, 512, inj=Injection(merged=False))
+    vora = breakdown("qwen2.5-7b", "vora", 729, 512, merged=False)
     assert vora["LoRA"] > 0 and breakdown("qwen2.5-7b", "vora", 729, 512, "siglip2-so400m").keys() == \
         {"decoder projections", "attention scores", "LM head"}  # no encoder at inference
 

@@ -16,9 +16,9 @@ def _build(path, method, tp=1):
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     from megatron_ext.hf.qwen2 import llm_preset_from_hf
-    from megatron_ext.llm_config import gpt_model_kwargs, qwen2_transformer_config
-    from megatron_ext.model import ROSEModel
-    from megatron_ext.presets import rose_config
+    from megatron_ext.core.llm_config import gpt_model_kwargs, qwen2_transformer_config
+    from megatron_ext.methods.rose import ROSEModel
+    from megatron_ext.methods.rose import rose_config
 
     llm = llm_preset_from_hf(path, tp=tp, vocab_multiple=1)
     config = qwen2_transformer_config(llm, tp, parallel_state.get_pipeline_model_parallel_world_size())

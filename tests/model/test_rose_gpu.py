@@ -9,7 +9,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("megatron_single_process"
 def _pair(dtype):
     """The same ROSE model (every layer equipped, so both backends have one structure) built on
     Megatron local layers and on TE layers, with the local weights copied into the TE model."""
-    from megatron_ext.model import build_rose
+    from megatron_ext.methods.rose import build_rose
     from rose_helpers import PRESET, randomize_generator
 
     torch.manual_seed(0)
@@ -44,7 +44,7 @@ def test_te_fp8_rose_trains_the_generator_and_stays_close_to_bf16():
     ok, why = check_fp8_support()
     if not ok:
         pytest.skip(f"GPU without FP8: {why}")
-    from megatron_ext.model import build_rose
+    from megatron_ext.methods.rose import build_rose
     from rose_helpers import PRESET
 
     torch.manual_seed(0)

@@ -6,11 +6,11 @@ import torch
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-from megatron_ext.config import RoseConfig, RoseConfigError
-from megatron_ext.layout import fused_to_parts
-from megatron_ext.llm_config import qwen2_transformer_config
-from megatron_ext.rotated_linear import RotatedLinear
-from megatron_ext.rotation import block_cayley, block_diag_matrix
+from megatron_ext.methods.rose.config import RoseConfig, RoseConfigError
+from megatron_ext.methods.rose.layout import fused_to_parts
+from megatron_ext.core.llm_config import qwen2_transformer_config
+from megatron_ext.methods.rose.rotated_linear import RotatedLinear
+from megatron_ext.methods.rose.rotation import block_cayley, block_diag_matrix
 from rose_helpers import PRESET, VOCAB, inputs, randomize_generator, tiny_rose
 
 pytestmark = pytest.mark.usefixtures("megatron_single_process")

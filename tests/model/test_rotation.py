@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from megatron_ext.rotation import (block_cayley, block_diag_matrix, num_skew_params,
+from megatron_ext.methods.rose.rotation import (block_cayley, block_diag_matrix, num_skew_params,
                                    rotate_transposed, skew_from_tril)
 
 

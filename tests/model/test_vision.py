@@ -44,7 +44,7 @@ def _model(train_vision):
     from megatron.core import parallel_state
 
     from megatron_ext.vision_tower import VisionTower
-    from megatron_ext.vlm import VisionLanguageModel
+    from megatron_ext.core.vlm import VisionLanguageModel
     from rose_helpers import randomize_generator, tiny_rose
 
     lm = tiny_rose()
@@ -69,7 +69,7 @@ def _batches(n=4):
 def _schedule(model, batches):
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_ext import feature_exchange
+    from megatron_ext.core import feature_exchange
 
     def forward_step(it, model):
         b = next(it)
@@ -134,7 +134,7 @@ def test_pp2_features_reach_later_stage_and_tower_gradients_come_back():
 def _tp_worker(rank):
     from megatron.core import parallel_state
 
-    from megatron_ext.layout import shard_for_rank
+    from megatron_ext.core.layout import shard_for_rank
     from megatron_ext.parallel import init_parallel
 
     init_parallel(1, 1)
@@ -184,7 +184,7 @@ def test_aimv2_from_local_dir_equals_transformers_and_feeds_vora_teacher(tmp_pat
     from transformers import Aimv2VisionConfig, Aimv2VisionModel, CLIPImageProcessor
 
     from megatron_ext.vision_tower import VisionTower
-    from megatron_ext.vora import VoRAConfig, VoRAConfigError, VoRATeacher
+    from megatron_ext.methods.vora import VoRAConfig, VoRAConfigError, VoRATeacher
 
     torch.manual_seed(0)
     config = Aimv2VisionConfig(hidden_size=40, intermediate_size=80, num_hidden_layers=3,

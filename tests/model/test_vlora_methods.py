@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from lora_helpers import VLORA, load_base, plain_gpt, vlora_inputs
-from megatron_ext.lora import low_rank_layers
-from megatron_ext.methods import BaseLLM, build_model, resolve_preset
-from megatron_ext.model import ROSEModel
-from megatron_ext.vlora import VLoRAModel
-from megatron_ext.vora import VoRAModel
+from megatron_ext.core.low_rank import low_rank_layers
+from megatron_ext.methods import build_model, resolve_preset
+from megatron_ext.methods.none import BaseLLM
+from megatron_ext.methods.rose import ROSEModel
+from megatron_ext.methods.vlora import VLoRAModel
+from megatron_ext.methods.vora import VoRAModel
 
 pytestmark = pytest.mark.usefixtures("megatron_single_process")
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from lora_helpers import VLORA, clone_state, load_base, plain_gpt, randomize, tiny_vlora, vlora_inputs
-from megatron_ext.llm_config import qwen2_transformer_config
-from megatron_ext.lora import low_rank_layers
-from megatron_ext.vlora import VLoRAConfig, VLoRAConfigError
+from megatron_ext.core.llm_config import qwen2_transformer_config
+from megatron_ext.core.low_rank import low_rank_layers
+from megatron_ext.methods.vlora import VLoRAConfig, VLoRAConfigError
 
 pytestmark = pytest.mark.usefixtures("megatron_single_process")
 

@@ -30,7 +30,7 @@ def _tp_worker(rank):
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
     from lora_helpers import tiny_vlora, vlora_inputs
-    from megatron_ext.layout import shard_for_rank
+    from megatron_ext.core.layout import shard_for_rank
     from megatron_ext.parallel import init_parallel
 
     b = vlora_inputs(batch=2, seq=12)
@@ -93,7 +93,7 @@ def _pp_worker(rank):
 
     from lora_helpers import run_schedule, stage_state_dict, tiny_vlora, vlora_inputs
     from megatron_ext.parallel import init_parallel
-    from megatron_ext.specs import stage_layers
+    from megatron_ext.core.specs import stage_layers
 
     batches = [vlora_inputs(batch=2, seq=12, seed=i) for i in range(MICROBATCHES)]
     ref_model, full = _reference()

@@ -6,9 +6,10 @@ import torch
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
 from lora_helpers import VORA
-from megatron_ext.fused_layout import fused_parts, unfuse
-from megatron_ext.llm_config import qwen2_transformer_config
-from megatron_ext.lora import lora_linear
+from megatron_ext.core.fused_layout import fused_parts, unfuse
+from megatron_ext.core.llm_config import qwen2_transformer_config
+from megatron_ext.core.low_rank import lora_linear
+from megatron_ext.methods.vora.lora import LoRAMixin
 
 pytestmark = pytest.mark.usefixtures("megatron_single_process")
 
@@ -22,7 +23,7 @@ def _layer(linear="qkv", rank=4, alpha=None, seed=0):
                   tp_comm_buffer_name=linear, parallel=parallel, layer_number=1, rank=rank, alpha=alpha)
     kwargs.update(gather_output=False) if parallel == "column" else kwargs.update(input_is_parallel=True)
     torch.manual_seed(seed)
-    layer = lora_linear(base, "lora")(size_in, size_out, **kwargs)
+    layer = lora_linear(base, LoRAMixin)(size_in, size_out, **kwargs)
     with torch.no_grad():
         for b in layer.lora_B.values():
             b.normal_(std=0.1)

@@ -6,8 +6,8 @@ import torch
 
 from lora_helpers import (VORA, ToyTeacher, clone_state, load_base, plain_gpt, randomize, tiny_vora,
                           vora_inputs)
-from megatron_ext.lora import low_rank_layers
-from megatron_ext.vora import VisionEmbedding, VoRAConfig, vora_attention_mask
+from megatron_ext.core.low_rank import low_rank_layers
+from megatron_ext.methods.vora import VisionEmbedding, VoRAConfig, vora_attention_mask
 
 pytestmark = pytest.mark.usefixtures("megatron_single_process")
 
@@ -166,7 +166,7 @@ def test_distillation_gradient_equals_that_of_the_explicit_total_loss():
 
 def test_vision_embedding_any_resolution():
     cfg = VoRAConfig(teacher_dim=8, patch_size=4, image_size=16, embed_width=12)
-    emb = VisionEmbedding(cfg, hidden_size=20)
+    emb = VisionEmbedding(**cfg.embedding(), hidden_size=20)
     assert emb(torch.randn(3, 16, 16)).shape == (16, 20)
     assert emb(torch.randn(3, 8, 24)).shape == (12, 20)
     torch.testing.assert_close(emb.positions(4, 4), emb.pos.flatten(0, 1))
@@ -179,9 +179,10 @@ def test_vision_embedding_any_resolution():
 
 
 def test_paper_scale_embedding_is_a_few_million_parameters():
-    from megatron_ext.presets import CONFIG_DIR, load_preset, vora_config
+    from megatron_ext.core.presets import CONFIG_DIR, load_preset
+    from megatron_ext.methods.vora import vora_config
 
     preset = load_preset(str(CONFIG_DIR / "qwen2.5-7b-vora.yaml"))  # (the bare name reads ".5-7b-vora" as a suffix)
-    emb = VisionEmbedding(vora_config(preset), preset["llm"]["hidden_size"])
+    emb = VisionEmbedding(**vora_config(preset).embedding(), hidden_size=preset["llm"]["hidden_size"])
     n = sum(p.numel() for p in emb.parameters())
     assert 5e6 < n < 9e6, n  # the paper's "about 6M"; ours reuses AIMv2's 1536-wide patchifier

@@ -43,7 +43,7 @@ def _tp_worker(rank):
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
     from lora_helpers import tiny_vora
-    from megatron_ext.layout import shard_for_rank
+    from megatron_ext.core.layout import shard_for_rank
     from megatron_ext.parallel import init_parallel
 
     b = _batch(0)
@@ -105,7 +105,7 @@ def _pp_worker(rank):
     model.load_state_dict(stage_state_dict(full, model), strict=True)
     losses = [d["loss"] for d in run_schedule(model, batches, _forward)]
     # this stage's parameters under their PP=1 names
-    from megatron_ext.specs import stage_layers
+    from megatron_ext.core.specs import stage_layers
     offset = list(stage_layers(model.config))[0] - 1
     grads = {}
     for n, g in _trainable_grads(model).items():

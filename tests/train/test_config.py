@@ -3,7 +3,8 @@
 import pytest
 
 from megatron_ext.training.config import ConfigError, load_config, num_microbatches, validate
-from megatron_ext.training.stages import STAGES, default_trainable
+from megatron_ext.methods import method_names
+from megatron_ext.methods.training import default_trainable
 from train_helpers import TINY_S1
 
 
@@ -43,4 +44,4 @@ def test_each_method_names_its_stages():
     assert default_trainable("vora", "s1") == ["lora", "embedding", "aux"]
     with pytest.raises(ValueError, match="no default trainable set for method='vlora' stage='s3'"):
         default_trainable("vlora", "s3")
-    assert set(STAGES) >= {"rose", "vlora", "vora"}
+    assert set(method_names()) >= {"rose", "vlora", "vora"}

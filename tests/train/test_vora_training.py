@@ -227,14 +227,14 @@ def test_main_job_path_qwen_tokenizer_tp2_export_and_generate(results, tmp_path)
 
 
 def test_vora_config_errors_are_clear(tmp_path):
-    from megatron_ext.train import _check_vora
+    from megatron_ext.methods.training import check_training
     from megatron_ext.training.config import ConfigError, load_config
 
     def check(*overrides):
         cfg = load_config(str(TINY["s1"]), [f"data.manifest={tmp_path}/m.json", "model.vision_weights=",
                                             *overrides])
         with pytest.raises(ConfigError) as e:
-            _check_vora(cfg, ["lora", "embedding", "aux"])
+            check_training(cfg, ["lora", "embedding", "aux"])
         return str(e.value)
 
     assert "distils its blocks from a ViT teacher" in check()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -118,9 +117,9 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
         inj = config.injection
         self.language_model = Qwen2ForCausalLM(config.text_config)
         if config.method == "vora":
-            self.vision_embedding = VisionEmbedding(SimpleNamespace(**inj["embedding"]),
-                                                    config.text_config.hidden_size,
-                                                    config.text_config.rms_norm_eps)
+            self.vision_embedding = VisionEmbedding(**inj["embedding"],
+                                                    hidden_size=config.text_config.hidden_size,
+                                                    eps=config.text_config.rms_norm_eps)
             self.layers = []
             self.post_init()
             return
@@ -131,11 +130,9 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
         dims = input_dims(config.text_config)
         if config.method == "rose":
             sizes = {p: dims[p] // inj["blocks"] for p in inj["projections"]}
-            rose = SimpleNamespace(projections=tuple(inj["projections"]), blocks=inj["blocks"],
-                                   visual_dim=config.vision_config.hidden_size,
-                                   generator_width=inj["generator_width"],
-                                   generator_heads=inj["generator_heads"], block_sizes=lambda _: sizes)
-            self.vrmg = VRMG(rose, None, self.layers)
+            self.vrmg = VRMG(self.layers, tuple(inj["projections"]), inj["blocks"], sizes,
+                             config.vision_config.hidden_size, inj["generator_width"],
+                             inj["generator_heads"])
             for layer in self.layers:
                 for p in inj["projections"]:
                     owner, attr = _projection(decoder[layer - 1], p)
@@ -143,12 +140,10 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
                                                            self._conditioning))
         elif config.method == "vlora":
             types = tuple(inj["weight_types"])
-            vcfg = SimpleNamespace(weight_types=types, rank=inj["rank"], visual_dim=config.vision_config.hidden_size,
-                                   generator_width=inj["generator_width"], generator_depth=inj["generator_depth"],
-                                   generator_heads=inj["generator_heads"],
-                                   generator_mlp_ratio=inj["generator_mlp_ratio"],
-                                   input_dims=lambda _: {t: dims[t] for t in types})
-            self.generator = PerceptualWeightsGenerator(vcfg, None, self.layers, self.layers)
+            self.generator = PerceptualWeightsGenerator(
+                types, {t: dims[t] for t in types}, inj["rank"], config.vision_config.hidden_size,
+                inj["generator_width"], inj["generator_depth"], inj["generator_heads"],
+                inj["generator_mlp_ratio"], self.layers, self.layers)
             for layer in self.layers:
                 for t in types:
                     for p in _VLORA_PARTS.get(t, (t,)):

@@ -1,4 +1,4 @@
-"""Block-diagonal Cayley rotations, applied to activations (ROSE, DESIGN.md rules 1-2).
+"""Block-diagonal Cayley rotations, applied to activations (ROSE, docs/ARCHITECTURE.md rules 1-2).
 
 A projection W in R^{d x n} (Megatron stores weight = W^T, shape (n, d)) is rotated per image as
 R_v W, with R_v = diag(R_1, ..., R_nb) and each block R_i = (I + P_i)(I - P_i)^{-1} for a
@@ -23,7 +23,7 @@ __all__ = ["num_skew_params", "skew_from_tril", "block_cayley", "rotate_transpos
 
 
 def _solve_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 for fp32/bf16/fp16/fp8 activations (DESIGN.md rule 2); fp64 stays fp64."""
+    """fp32 for fp32/bf16/fp16/fp8 activations (docs/ARCHITECTURE.md, rule 2); fp64 stays fp64."""
     return torch.promote_types(dtype, torch.float32)
 
 

@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import torch
 
-# Megatron's tp_comm_buffer_name of each linear -> the projections fused in it, in order.
-PROJECTIONS_OF = {"qkv": ("q", "k", "v"), "proj": ("o",), "fc1": ("gate", "up"), "fc2": ("down",)}
-LINEAR_OF = {p: name for name, parts in PROJECTIONS_OF.items() for p in parts}
+from megatron_ext.core.projections import PROJECTION, PROJECTIONS_OF
 
 
 def fused_parts(linear: str, config) -> list[tuple[str, int | None]]:
     """(projection, global output size) of a Megatron linear, in fused order; None = the whole output."""
-    if linear == "qkv":
-        kv = config.num_query_groups * config.kv_channels
-        return [("q", config.num_attention_heads * config.kv_channels), ("k", kv), ("v", kv)]
-    if linear == "fc1":
-        return [("gate", config.ffn_hidden_size), ("up", config.ffn_hidden_size)] \
-            if config.gated_linear_unit else [("up", config.ffn_hidden_size)]
-    if linear in ("proj", "fc2"):
-        return [(PROJECTIONS_OF[linear][0], None)]
-    raise ValueError(f"no fused layout for Megatron linear '{linear}'")
+    if linear not in PROJECTIONS_OF:
+        raise ValueError(f"no fused layout for Megatron linear '{linear}'")
+    parts = PROJECTIONS_OF[linear]
+    if len(parts) == 1:
+        return [(parts[0], None)]
+    if linear == "fc1" and not config.gated_linear_unit:  # an ungated MLP's fc1 is 'up' alone
+        parts = ("up",)
+    return [(p, PROJECTION[p].out_size(config)) for p in parts]
 
 
 def interleave_groups(linear: str, config, tp_size: int) -> int:

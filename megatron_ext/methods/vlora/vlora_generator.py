@@ -1,7 +1,8 @@
 """VLoRA's perceptual weights generator (paper section 3.3), in plain PyTorch.
 
-Relative imports only and nothing from Megatron: this file also ships inside Hugging Face exports.
-See vlora.py for how its W_v are applied.
+Nothing from Megatron or the rest of the package: this file also ships inside Hugging Face
+exports, whose modeling code builds it from config.json's plain numbers. See model.py for how its
+W_v are applied.
 """
 
 from __future__ import annotations
@@ -74,19 +75,20 @@ class PerceptualWeightsGenerator(nn.Module):
     pipeline stage, the only ones whose W_v is produced here.
     """
 
-    def __init__(self, vcfg: VLoRAConfig, tcfg, layers: Sequence[int], local_layers: Sequence[int]):
+    def __init__(self, weight_types: Sequence[str], input_dims: dict, rank: int, visual_dim: int,
+                 width: int, depth: int, heads: int, mlp_ratio: int, layers: Sequence[int],
+                 local_layers: Sequence[int]):
         super().__init__()
-        self.types = tuple(vcfg.weight_types)
+        self.types = tuple(weight_types)
         self.layers = list(layers)
         self.local = [self.layers.index(l) for l in local_layers]
         self.local_layers = list(local_layers)
-        self.rank = vcfg.rank
-        G, w = len(self.types), vcfg.generator_width
-        self.input_dims = vcfg.input_dims(tcfg)
-        self.visual_proj = nn.Linear(vcfg.visual_dim, w)
+        self.rank = rank
+        G, w = len(self.types), width
+        self.input_dims = dict(input_dims)
+        self.visual_proj = nn.Linear(visual_dim, w)
         self.queries = nn.Parameter(torch.randn(G, len(self.layers), w) * 0.02)
-        self.blocks = nn.ModuleList(GeneratorBlock(G, w, vcfg.generator_heads, vcfg.generator_mlp_ratio)
-                                    for _ in range(vcfg.generator_depth))
+        self.blocks = nn.ModuleList(GeneratorBlock(G, w, heads, mlp_ratio) for _ in range(depth))
         self.norm = GroupedNorm(G, w)
         # the shared linear h_p -> in * r of each type (Eq. 4); input sizes differ between types
         self.to_W_v = nn.ModuleDict({t: nn.Linear(w, self.input_dims[t] * self.rank) for t in self.types})

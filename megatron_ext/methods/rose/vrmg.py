@@ -7,7 +7,8 @@ query's output to its block's T (the b(b-1)/2 entries of the skew-symmetric P). 
 parameter is shared between layers, pipeline stages own disjoint generator parameters: nothing
 is reduced across stages and checkpoints reshard by layer, as the decoder does.
 
-The forward runs once per micro-batch for all equipped layers of the stage (DESIGN.md rule 6):
+The forward runs once per micro-batch for all equipped layers of the stage (docs/ARCHITECTURE.md,
+rule 6):
 per-layer weights are stacked so that projections are batched matmuls and the attention is a
 single scaled_dot_product_attention call over all queries of all layers.
 """
@@ -46,17 +47,19 @@ def _stack(mods, attr):
 
 
 class VRMG(nn.Module):
-    """rose: a RoseConfig (or anything with its fields); config: the LLM config that
-    rose.block_sizes(config) reads; layers: the equipped layer numbers this module generates for."""
+    """Plain numbers only, so the exported modeling code builds it from config.json: layers, the
+    equipped layer numbers this module generates for; projections and blocks as in RoseConfig;
+    block_sizes {projection: block size}; visual_dim, the features' width; width and heads, the
+    generator's."""
 
-    def __init__(self, rose, config, layers):
+    def __init__(self, layers, projections, blocks: int, block_sizes: dict, visual_dim: int,
+                 width: int, heads: int):
         super().__init__()
         self.layers = sorted(layers)
-        self.heads = rose.generator_heads
-        block_sizes = rose.block_sizes(config)
+        self.heads = heads
         self.generators = nn.ModuleDict({
-            str(l): LayerGenerator(rose.projections, rose.blocks, block_sizes, rose.visual_dim,
-                                   rose.generator_width) for l in self.layers})
+            str(l): LayerGenerator(projections, blocks, block_sizes, visual_dim, width)
+            for l in self.layers})
 
     def forward(self, visual: torch.Tensor) -> dict:
         """visual: (batch, tokens, visual_dim) -> {(layer, projection): T of (batch, blocks, b(b-1)/2)}."""

@@ -1,5 +1,5 @@
 """Visual features from the first pipeline stage to every later stage that holds equipped layers,
-once per micro-batch (DESIGN.md rule 7), with their gradients sent back when the encoder trains.
+once per micro-batch (docs/ARCHITECTURE.md, rule 7), with their gradients sent back when the encoder trains.
 
 Megatron's schedules move one activation tensor between neighbouring stages. Features go on a
 process group of their own (so they never interleave with the schedule's activation messages):

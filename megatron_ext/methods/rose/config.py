@@ -1,11 +1,11 @@
-"""ROSE configuration and its start-up validation (DESIGN.md rule 4)."""
+"""ROSE configuration and its start-up validation (docs/ARCHITECTURE.md, rule 4)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
-PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+from megatron_ext.core.projections import PROJECTIONS, input_sizes
 
 
 class RoseConfigError(ValueError):
@@ -38,10 +38,7 @@ class RoseConfig:
 
     def projection_input_dims(self, tcfg) -> dict[str, int]:
         """Input dimension d of each projection W in R^{d x n} (the dimension R rotates)."""
-        attn = tcfg.num_attention_heads * tcfg.kv_channels
-        dims = {"q": tcfg.hidden_size, "k": tcfg.hidden_size, "v": tcfg.hidden_size, "o": attn,
-                "gate": tcfg.hidden_size, "up": tcfg.hidden_size, "down": tcfg.ffn_hidden_size}
-        return {p: dims[p] for p in self.projections}
+        return input_sizes(tcfg, self.projections)
 
     def block_sizes(self, tcfg) -> dict[str, int]:
         return {p: d // self.blocks for p, d in self.projection_input_dims(tcfg).items()}
@@ -82,3 +79,10 @@ class RoseConfig:
         if self.generator_width % self.generator_heads:
             raise RoseConfigError(f"rose.generator_width={self.generator_width} is not divisible by "
                                   f"rose.generator_heads={self.generator_heads}")
+
+
+def rose_config(preset: dict, **overrides) -> RoseConfig:
+    """ROSE settings of a preset (its `rose:` section) with the vision width."""
+    kwargs = dict(preset.get("rose", {}))
+    kwargs.update(overrides)
+    return RoseConfig(visual_dim=preset["vision"]["hidden_size"], **kwargs)

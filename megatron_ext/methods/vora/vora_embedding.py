@@ -11,14 +11,15 @@ from torch import nn
 class VisionEmbedding(nn.Module):
     """pixels (C, H, W) -> (H/p * W/p, hidden): the only vision parameters left after merging."""
 
-    def __init__(self, vcfg: VoRAConfig, hidden_size: int, eps: float = 1e-6):
+    def __init__(self, patch_size: int, image_size: int, embed_width: int, in_channels: int,
+                 hidden_size: int, eps: float = 1e-6):
         super().__init__()
-        self.patch_size = vcfg.patch_size
-        self.grid = vcfg.image_size // vcfg.patch_size
-        self.patch = nn.Linear(vcfg.in_channels * vcfg.patch_size ** 2, vcfg.embed_width)
-        self.norm = nn.RMSNorm(vcfg.embed_width, eps=eps)
-        self.pos = nn.Parameter(torch.randn(self.grid, self.grid, vcfg.embed_width) * 0.02)
-        self.out = nn.Linear(vcfg.embed_width, hidden_size, bias=False)
+        self.patch_size = patch_size
+        self.grid = image_size // patch_size
+        self.patch = nn.Linear(in_channels * patch_size ** 2, embed_width)
+        self.norm = nn.RMSNorm(embed_width, eps=eps)
+        self.pos = nn.Parameter(torch.randn(self.grid, self.grid, embed_width) * 0.02)
+        self.out = nn.Linear(embed_width, hidden_size, bias=False)
 
     def positions(self, h: int, w: int) -> torch.Tensor:
         if (h, w) == (self.grid, self.grid):

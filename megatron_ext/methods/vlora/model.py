@@ -9,7 +9,7 @@ pass N decoder blocks (self-attention, cross-attention to the visual features, F
 a shared linear h_p -> in*r turns each query into W_v (in x r). W_s (r x out, zero-initialised, one
 per block and type: the paper's "k independent linear layers") is the lora_B of the equipped linear,
 so it is sharded with the base weight under TP. The five types' generators have identical shapes
-and run as one batched computation (DESIGN.md rule 6).
+and run as one batched computation (docs/ARCHITECTURE.md, rule 6).
 
 What "mlp" means here: the paper writes the FFN as phi(x W_1) W_2 and generates Delta W in R^{h x h}
 from W_v in R^{h x r}. We give "mlp" perceptual weights on W_1, which in Megatron is the fused
@@ -25,115 +25,57 @@ The fine-grained types gate, up and down are available for ablations ("mlp" = ga
 
 Pipeline parallelism: the generator's self-attention mixes the queries of all equipped blocks, so
 every stage holds a replica of the whole generator and runs it once per micro-batch on the visual
-features it receives (rule 7); each stage's replica only gets the gradient of its own blocks, and
+features it receives (docs/ARCHITECTURE.md, rule 7); each stage's replica only gets the gradient of its own blocks, and
 `finalize_generator_grads` sums them over the pipeline group (as Megatron does for tied embeddings).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
-
 import torch
-
+from megatron.core import parallel_state
 from megatron.core.transformer.spec_utils import ModuleSpec
 
-from megatron_ext.fused_layout import LINEAR_OF
-from megatron_ext.lora import low_rank_layers, lora_linear
-from megatron_ext.model import InjectedGPTModel, train_only
-from megatron_ext.specs import LINEARS, linear_classes, linear_owner, unfuse_te_norms
-from megatron_ext.vlora_generator import PerceptualWeightsGenerator
-
-WEIGHT_TYPES = ("q", "k", "v", "o", "mlp", "gate", "up", "down")
-_PARTS_OF_TYPE = {"mlp": ("gate", "up")}
-
-
-class VLoRAConfigError(ValueError):
-    """A VLoRA setting that cannot work with the model; the message says what to change."""
-
-
-@dataclass
-class VLoRAConfig:
-    visual_dim: int
-    layers: Optional[Sequence[int]] = None   # 1-based; None = every `every`-th block
-    every: int = 4
-    weight_types: Sequence[str] = ("q", "k", "v", "o", "mlp")
-    rank: int = 64
-    alpha: Optional[float] = None            # branch scale alpha / rank; None = 1 (the paper)
-    generator_width: int = 512               # h_p
-    generator_depth: int = 8                 # N
-    generator_heads: int = 8
-    generator_mlp_ratio: int = 4
-
-    def equipped_layers(self, num_layers: int) -> list[int]:
-        if self.layers is not None:
-            return sorted(set(int(l) for l in self.layers))
-        return [l for l in range(1, num_layers + 1) if l % self.every == 0]
-
-    def parts(self) -> dict[str, str]:
-        """Megatron projection part -> the weight type (generator) whose W_v it uses."""
-        return {p: t for t in self.weight_types for p in _PARTS_OF_TYPE.get(t, (t,))}
-
-    def input_dims(self, tcfg) -> dict[str, int]:
-        attn = tcfg.num_attention_heads * tcfg.kv_channels
-        dims = dict(q=tcfg.hidden_size, k=tcfg.hidden_size, v=tcfg.hidden_size, o=attn,
-                    mlp=tcfg.hidden_size, gate=tcfg.hidden_size, up=tcfg.hidden_size,
-                    down=tcfg.ffn_hidden_size)
-        return {t: dims[t] for t in self.weight_types}
-
-    def validate(self, tcfg) -> None:
-        bad = [t for t in self.weight_types if t not in WEIGHT_TYPES]
-        if bad or not self.weight_types:
-            raise VLoRAConfigError(f"vlora.weight_types={list(self.weight_types)}: each must be one of "
-                                   f"{list(WEIGHT_TYPES)}, at least one")
-        parts = [p for t in self.weight_types for p in _PARTS_OF_TYPE.get(t, (t,))]
-        if len(parts) != len(set(parts)):
-            raise VLoRAConfigError(f"vlora.weight_types={list(self.weight_types)} names a projection twice "
-                                   "('mlp' already covers gate and up)")
-        if ("gate" in parts) and not tcfg.gated_linear_unit:
-            raise VLoRAConfigError("'mlp'/'gate' need a gated FFN (gated_linear_unit=True); use 'up'")
-        layers = self.equipped_layers(tcfg.num_layers)
-        if not layers or any(not 1 <= l <= tcfg.num_layers for l in layers):
-            raise VLoRAConfigError(f"vlora equips layers {layers}; they must be a non-empty subset of "
-                                   f"1..{tcfg.num_layers} (set vlora.layers or vlora.every)")
-        if self.rank < 1:
-            raise VLoRAConfigError(f"vlora.rank={self.rank} must be positive")
-        if self.generator_width % self.generator_heads:
-            raise VLoRAConfigError(f"vlora.generator_width={self.generator_width} is not divisible by "
-                                   f"vlora.generator_heads={self.generator_heads}")
-        if tcfg.sequence_parallel:
-            raise VLoRAConfigError("VLoRA does not support sequence_parallel yet; set it to False")
+from megatron_ext.core.injected import InjectedGPTModel, train_only
+from megatron_ext.core.llm_config import gpt_model_kwargs, preset_transformer_config
+from megatron_ext.core.low_rank import low_rank_layers, lora_linear
+from megatron_ext.core.projections import linears_holding
+from megatron_ext.core.specs import swap_linears
+from megatron_ext.methods.vlora.config import VLoRAConfig, vlora_config
+from megatron_ext.methods.vlora.layers import VLoRAMixin
+from megatron_ext.methods.vlora.vlora_generator import PerceptualWeightsGenerator
 
 
 class VLoRAModel(InjectedGPTModel):
     """A GPTModel whose equipped linears carry a per-image perceptual LoRA branch (VLoRA)."""
 
+    method = "vlora"  # its MethodSpec in the registry
+
     def __init__(self, config, vlora: VLoRAConfig, vocab_size: int, max_sequence_length: int, **kwargs):
         vlora.validate(config)
         self.vlora = vlora
-        self.all_equipped = vlora.equipped_layers(config.num_layers)
-        super().__init__(config, self.all_equipped, vocab_size, max_sequence_length, **kwargs)
+        super().__init__(config, vlora.equipped_layers(config.num_layers), vocab_size,
+                         max_sequence_length, **kwargs)
         if self.generator is None:  # a stage without equipped blocks still holds the replica that
             self.generator = self.make_generator()  # finalize_generator_grads reduces over
 
     def make_generator(self) -> PerceptualWeightsGenerator:
-        return PerceptualWeightsGenerator(self.vlora, self.config, self.all_equipped, self.equipped)
+        v = self.vlora
+        return PerceptualWeightsGenerator(v.weight_types, v.input_dims(self.config), v.rank, v.visual_dim,
+                                          v.generator_width, v.generator_depth, v.generator_heads,
+                                          v.generator_mlp_ratio, self.all_equipped, self.equipped)
 
     def equip(self, layer_number: int, spec):
-        classes = linear_classes(self.backend)
         parts = self.vlora.parts()
-        swapped = []
-        for linear, (_, parallel) in LINEARS.items():
-            if not any(f"linear_{LINEAR_OF[p]}" == linear for p in parts):
-                continue
-            setattr(linear_owner(spec, linear), linear, ModuleSpec(
-                module=lora_linear(classes[parallel], "vlora"), params=dict(
-                    parallel=parallel, layer_number=layer_number, rank=self.vlora.rank,
-                    alpha=self.vlora.alpha, adapted=tuple(parts))))
-            swapped.append(linear)
-        if self.backend == "te":
-            unfuse_te_norms(spec, swapped)
-        return spec
+        held = set(linears_holding(parts))
+
+        def perceptual_linear(attribute, parallel, base):
+            if attribute not in held:
+                return None
+            return ModuleSpec(module=lora_linear(base, VLoRAMixin), params=dict(
+                parallel=parallel, layer_number=layer_number, rank=self.vlora.rank,
+                alpha=self.vlora.alpha, adapted=tuple(parts)))
+
+        return swap_linears(spec, self.backend, perceptual_linear)
 
     def conditioning_for(self, visual_features: torch.Tensor) -> dict:
         """{(layer, part): W_v} for every VLoRA part of this stage (gate and up share mlp's W_v)."""
@@ -149,17 +91,17 @@ class VLoRAModel(InjectedGPTModel):
         if visual_features.shape[0] != 1:
             raise ValueError("merge_image takes the features of one image: shape (1, tokens, dim)")
         conditioning = self.conditioning_for(visual_features)
-        for layer in low_rank_layers(self.language_model, "vlora"):
+        for layer in low_rank_layers(self.language_model, VLoRAMixin):
             A = torch.cat([conditioning[(layer.layer_number, p)][0] for p in layer.adapted], dim=-1)
             layer.merge(layer.local_rows(A))
 
     @torch.no_grad()
     def unmerge_image(self) -> None:
-        for layer in low_rank_layers(self.language_model, "vlora"):
+        for layer in low_rank_layers(self.language_model, VLoRAMixin):
             layer.unmerge()
 
     def forward(self, input_ids, position_ids, attention_mask, visual_features=None, labels=None, **kwargs):
-        if any(l.merged for l in low_rank_layers(self.language_model, "vlora")):
+        if any(l.merged for l in low_rank_layers(self.language_model, VLoRAMixin)):
             # merged weights already hold the image: run the plain decoder
             return self.language_model(input_ids, position_ids, attention_mask, labels=labels, **kwargs)
         return super().forward(input_ids, position_ids, attention_mask, visual_features, labels, **kwargs)
@@ -168,8 +110,6 @@ class VLoRAModel(InjectedGPTModel):
     def finalize_generator_grads(self) -> None:
         """Sum the generator replicas' gradients over the pipeline group (call after the backward
         of all micro-batches, before the optimizer step; a no-op without pipeline parallelism)."""
-        from megatron.core import parallel_state
-
         if parallel_state.get_pipeline_model_parallel_world_size() == 1:
             return
         group = parallel_state.get_pipeline_model_parallel_group()
@@ -182,19 +122,19 @@ class VLoRAModel(InjectedGPTModel):
                 grad = p.grad
             torch.distributed.all_reduce(grad, group=group)
 
+    def pipeline_replicated_parameters(self) -> list:
+        return list(self.generator.parameters())
+
     def generator_parameters(self):
         return list(self.generator.parameters()) + [
-            p for l in low_rank_layers(self.language_model, "vlora") for p in l.lora_B.values()]
+            p for l in low_rank_layers(self.language_model, VLoRAMixin) for p in l.lora_B.values()]
 
 
 def build_vlora(preset: dict, backend: str = "auto", dtype: torch.dtype = torch.float32,
                 config_overrides: dict | None = None, freeze_llm: bool = True,
                 **vlora_overrides) -> VLoRAModel:
-    """A VLoRAModel for this process's TP/PP rank from a preset (presets.py). freeze_llm: the
+    """A VLoRAModel for this process's TP/PP rank from a preset (configs/model). freeze_llm: the
     paper's pre-training (only the generator and W_s train); False for its fine-tuning stage."""
-    from megatron_ext.llm_config import gpt_model_kwargs, preset_transformer_config
-    from megatron_ext.presets import vlora_config
-
     llm = preset["llm"]
     config = preset_transformer_config(preset, dtype, config_overrides)
     model = VLoRAModel(config, vlora_config(preset, **vlora_overrides), backend=backend, **gpt_model_kwargs(llm))

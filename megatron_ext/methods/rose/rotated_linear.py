@@ -6,7 +6,7 @@ local ColumnParallelLinear/RowParallelLinear on CPU, Transformer Engine's on GPU
 FP8 and TP communication stay those of the backend.
 
 A fused projection (q|k|v in linear_qkv, gate|up in linear_fc1) is held as one backend linear per
-part: each part gets its own rotation (DESIGN.md rule 5) and multiplies only its own output columns,
+part: each part gets its own rotation (docs/ARCHITECTURE.md, rule 5) and multiplies only its own output columns,
 so the GEMM work equals the fused layer's. Outputs are re-assembled in Megatron's fused layout
 (fused_layout.py) so attention and MLP code is untouched.
 """
@@ -18,9 +18,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from megatron_ext.context import ConditionedLayer, ConditioningContext
-from megatron_ext.fused_layout import fuse, fused_parts, interleave_groups
-from megatron_ext.rotation import rotate_transposed
+from megatron_ext.core.context import ConditionedLayer, ConditioningContext
+from megatron_ext.core.fused_layout import fuse, fused_parts, interleave_groups
+from megatron_ext.methods.rose.rotation import rotate_transposed
 
 
 class _LocalBlocks(torch.autograd.Function):

@@ -2,7 +2,7 @@
 (ROSE; VLoRA/VoRA through the same InjectedGPTModel interface) on every stage.
 
 The tower runs once per micro-batch on the first stage; stages holding equipped layers receive
-the features (feature_exchange.py), and when the tower trains (ROSE S2/S3) their gradients come
+the features (core/feature_exchange.py), and when the tower trains (ROSE S2/S3) their gradients come
 back. Across TP ranks the tower is replicated: its inputs and the gradients reaching it are
 identical on every rank (the generator's are, see rotated_linear.py), so it stays consistent
 without extra communication.
@@ -14,8 +14,8 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.transformer.module import MegatronModule
 
-from megatron_ext import feature_exchange
-from megatron_ext.specs import stage_layers
+from megatron_ext.core import feature_exchange
+from megatron_ext.core.specs import stage_layers
 from megatron_ext.vision_tower import VisionTower
 
 
@@ -41,6 +41,20 @@ class VisionLanguageModel(MegatronModule):
 
     def set_input_tensor(self, input_tensor) -> None:
         self.lm.set_input_tensor(input_tensor)
+
+    # -- the training step's protocol (core/injected.py), answered by the LLM -------------------
+    @property
+    def method(self) -> str:
+        return self.lm.method
+
+    def pipeline_replicated_parameters(self) -> list:
+        return self.lm.pipeline_replicated_parameters()
+
+    def begin_step(self, aux_loss_scale: float) -> None:
+        self.lm.begin_step(aux_loss_scale)
+
+    def stage_aux_loss(self) -> float | None:
+        return self.lm.stage_aux_loss()
 
     def encode(self, pixel_values: torch.Tensor, **vision_inputs) -> torch.Tensor:
         with torch.set_grad_enabled(self.train_vision and torch.is_grad_enabled()):

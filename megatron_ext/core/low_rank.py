@@ -15,8 +15,9 @@ Tensor parallelism, with W the base weight on this rank:
   x_shard A_shard, a partial sum of x A, all-reduced before B (reduce_from_tensor_model_parallel_region).
 Both give exactly the TP=1 result; the collectives move (tokens x rank) values, not (tokens x h).
 
-Kinds: "lora" (static A, B: VoRA) and "vlora" (A = W_v generated per image and read from the
-model's ConditioningContext, B = W_s: VLoRA).
+A method supplies the branch's A by subclassing LowRankMixin (`lora_A`, and `_init_adapter` for
+parameters of its own): VoRA's static LoRA (methods/vora/lora.py) and VLoRA's perceptual weights,
+A = W_v generated per image and read from the model's ConditioningContext (methods/vlora/layers.py).
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from megatron_ext.context import ConditionedLayer, ConditioningContext
-from megatron_ext.fused_layout import fuse, fused_parts, interleave_groups
+from megatron_ext.core.context import ConditionedLayer, ConditioningContext
+from megatron_ext.core.fused_layout import fuse, fused_parts, interleave_groups
 
 
-def _tp_mark(param: nn.Parameter, dim: Optional[int]) -> nn.Parameter:
+def tp_mark(param: nn.Parameter, dim: Optional[int]) -> nn.Parameter:
     """Megatron's partition attributes (read by checkpointing, grad-norm and layout.shard_for_rank)."""
     from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 
@@ -42,7 +43,13 @@ def _tp_mark(param: nn.Parameter, dim: Optional[int]) -> nn.Parameter:
 
 
 class LowRankMixin(ConditionedLayer):
-    """The shared branch of LoRA and VLoRA layers. Set up by `_init_low_rank` after the base linear."""
+    """The shared branch of LoRA and VLoRA layers. Set up by `_init_low_rank` after the base linear.
+    `kind` prefixes the built classes' names (LORAColumnParallelLinear, ...)."""
+
+    kind = "LOWRANK"
+
+    def _init_adapter(self) -> None:
+        """Parameters of a subclass's own (static A); called after `_init_low_rank`."""
 
     def _init_low_rank(self, parallel: str, layer_number: int, rank: int, alpha: Optional[float],
                        tp_comm_buffer_name: str, tp_group, adapted: Optional[Sequence[str]]) -> None:
@@ -68,7 +75,7 @@ class LowRankMixin(ConditionedLayer):
         dtype = self.config.params_dtype
         # B starts at zero (PEFT, VLoRA's W_s, VoRA): the model is the base LLM at step 0
         self.lora_B = nn.ParameterDict({
-            p: _tp_mark(nn.Parameter(torch.zeros(n, rank, dtype=dtype, device=self.weight.device)),
+            p: tp_mark(nn.Parameter(torch.zeros(n, rank, dtype=dtype, device=self.weight.device)),
                         0 if parallel == "column" else None)
             for p, n in self.out_sizes.items() if p in self.adapted})
 
@@ -145,69 +152,18 @@ class LowRankMixin(ConditionedLayer):
         return [p for n, p in self.named_parameters() if n.startswith("lora_")]
 
 
-class LoRAMixin(LowRankMixin):
-    """Static LoRA: A is a parameter per part (Kaiming-uniform like PEFT), B zero."""
-
-    def _init_lora_A(self) -> None:
-        import math
-
-        A = torch.empty(len(self.adapted) * self.rank, self.in_features, dtype=self.config.params_dtype,
-                        device=self.weight.device)
-        for a in A.split(self.rank):
-            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        self.lora_A_weight = nn.ParameterDict({
-            p: _tp_mark(nn.Parameter(a.clone()), 1 if self.parallel == "row" else None)
-            for p, a in zip(self.adapted, A.split(self.rank))})
-
-    def lora_A(self) -> torch.Tensor:
-        return torch.cat([self.lora_A_weight[p] for p in self.adapted], dim=0).t()
-
-    def unload(self) -> None:
-        """Fold the adapter into W and turn this module back into the plain backend linear."""
-        if not self.merged:
-            self.merge()
-        del self._merged_delta, self.lora_A_weight, self.lora_B
-        self.__class__ = self._base_class
-
-
-class VLoRAMixin(LowRankMixin):
-    """Perceptual LoRA: A = W_v of the sample's image, from the context; B = W_s, learned per layer."""
-
-    def lora_A(self) -> torch.Tensor:
-        if self.context is None:
-            raise RuntimeError(f"layer {self.layer_number}: VLoRA linear is not bound to a model's "
-                               "ConditioningContext; build it through VLoRAModel")
-        A = torch.cat([self.context.get(self.layer_number, p) for p in self.adapted], dim=-1)
-        if self.parallel == "row" and self.tp_group.size() > 1:
-            # W_v covers the full input; keep this rank's rows. The backward all-gathers, so the
-            # replicated generator sees the gradient of every row on every rank.
-            from megatron.core.tensor_parallel import scatter_to_tensor_model_parallel_region
-            A = scatter_to_tensor_model_parallel_region(A.transpose(-1, -2), group=self.tp_group)
-            A = A.transpose(-1, -2)
-        return A
-
-    def local_rows(self, A: torch.Tensor) -> torch.Tensor:
-        """This rank's rows of a full-input W_v (for merging without autograd)."""
-        if self.parallel == "row" and self.tp_group.size() > 1:
-            return A.chunk(self.tp_group.size(), dim=-2)[self.tp_group.rank()]
-        return A
-
-
-_KINDS = {"lora": LoRAMixin, "vlora": VLoRAMixin}
 _CLASSES: dict = {}
 
 
-def lora_linear(base: type, kind: str) -> type:
-    """The backend linear class `base` with a low-rank branch of `kind` ('lora' or 'vlora').
+def lora_linear(base: type, mixin: type) -> type:
+    """The backend linear class `base` with the low-rank branch `mixin` (a LowRankMixin subclass).
 
     Built by Megatron from a ModuleSpec with the usual linear arguments plus `parallel`
     ('column' | 'row'), `layer_number`, `rank`, `alpha` and optionally `adapted` (the parts of a
     fused linear that get an adapter; default all).
     """
-    key = (base, kind)
+    key = (base, mixin)
     if key not in _CLASSES:
-        mixin = _KINDS[kind]
-
         def __init__(self, input_size, output_size, *, parallel: str, layer_number: int, rank: int,
                      alpha: Optional[float] = None, adapted: Optional[Sequence[str]] = None, **kwargs):
             if kwargs.get("gather_output"):
@@ -215,18 +171,17 @@ def lora_linear(base: type, kind: str) -> type:
             base.__init__(self, input_size, output_size, **kwargs)
             self._init_low_rank(parallel, layer_number, rank, alpha, kwargs.get("tp_comm_buffer_name"),
                                 kwargs.get("tp_group"), adapted)
-            if kind == "lora":
-                self._init_lora_A()
+            self._init_adapter()
             if self.config.sequence_parallel:
                 raise NotImplementedError("low-rank branches do not support sequence_parallel yet: the "
                                           "branch would need the base's sequence gather/scatter")
 
-        cls = type(f"{kind.upper()}{base.__name__}", (mixin, base),
+        cls = type(f"{mixin.kind}{base.__name__}", (mixin, base),
                    {"__init__": __init__, "_base_class": base, "__module__": __name__})
         _CLASSES[key] = cls
     return _CLASSES[key]
 
 
-def low_rank_layers(module: nn.Module, kind: Optional[str] = None) -> list:
-    mixin = _KINDS[kind] if kind else LowRankMixin
+def low_rank_layers(module: nn.Module, mixin: type = LowRankMixin) -> list:
+    """The low-rank layers of `module` (of one mixin, by default all)."""
     return [m for m in module.modules() if isinstance(m, mixin)]

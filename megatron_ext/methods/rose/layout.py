@@ -1,4 +1,4 @@
-"""State-dict layouts: Megatron's fused projections <-> ROSE's per-part projections, and TP sharding.
+"""State-dict layouts: Megatron's fused projections <-> ROSE's per-part projections.
 
 A plain GPTModel stores linear_qkv as one weight in query-group order ([g: q heads, k, v] per TP
 rank) and linear_fc1 as [gate; up] per TP rank. An equipped ROSE layer stores one linear per
@@ -12,8 +12,7 @@ import re
 
 import torch
 
-_PART_OF = {"linear_qkv": ("q", "k", "v"), "linear_fc1": ("gate", "up"),
-            "linear_proj": ("o",), "linear_fc2": ("down",)}
+from megatron_ext.core.projections import PROJECTIONS_OF
 
 
 def _qkv_split(t: torch.Tensor, config, tp: int) -> dict:
@@ -39,8 +38,9 @@ def fused_to_parts(state_dict: dict, config, equipped_linears: set, tp: int = 1)
             out[key] = t
             continue
         prefix, _, linear, kind = m.groups()
+        parts = PROJECTIONS_OF[linear.removeprefix("linear_")]
         if kind == "_extra_state":  # backend metadata (e.g. FP8 scales): each part gets a copy
-            parts = _PART_OF[linear] if linear != "linear_fc1" or config.gated_linear_unit else ("up",)
+            parts = parts if linear != "linear_fc1" or config.gated_linear_unit else ("up",)
             pieces = {part: t for part in parts}
         elif linear == "linear_qkv":
             pieces = _qkv_split(t, config, tp)
@@ -49,23 +49,8 @@ def fused_to_parts(state_dict: dict, config, equipped_linears: set, tp: int = 1)
         elif linear == "linear_fc1":
             pieces = {"up": t}
         else:
-            pieces = {_PART_OF[linear][0]: t}
+            pieces = {parts[0]: t}
         for part, piece in pieces.items():
             out[f"{prefix}{linear}.parts.{part}.{kind}"] = \
                 piece.contiguous() if isinstance(piece, torch.Tensor) else piece
-    return out
-
-
-def shard_for_rank(full: dict, model: torch.nn.Module, tp_rank: int, tp_size: int) -> dict:
-    """Slice a TP=1 state dict (in the model's own layout) to this rank's shards, using Megatron's
-    partition attributes on the model's parameters. A stride-s partition (Megatron's fused GLU
-    fc1 = [gate; up]) gives each rank its slice of each of the s sub-tensors."""
-    params = dict(model.named_parameters())
-    out = {}
-    for key, t in full.items():
-        p = params.get(key)
-        if p is not None and getattr(p, "tensor_model_parallel", False) and tp_size > 1:
-            dim, stride = p.partition_dim, getattr(p, "partition_stride", 1)
-            t = torch.cat([s.chunk(tp_size, dim=dim)[tp_rank] for s in t.chunk(stride, dim=dim)], dim=dim)
-        out[key] = t.clone() if torch.is_tensor(t) else t
     return out

@@ -1,4 +1,5 @@
-"""Model presets (configs/model/*.yaml): the LLM shape, the vision width and the ROSE settings."""
+"""Model presets (configs/model/*.yaml): the LLM shape, the vision width and one section per
+method (rose:, vlora:, ...; each method's package reads its own)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from megatron_ext.config import RoseConfig
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "model"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
 _LLM_KEYS = {"num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
              "num_query_groups", "kv_channels", "vocab_size", "max_position_embeddings",
              "rope_theta", "norm_eps", "tie_word_embeddings"}
@@ -31,33 +30,13 @@ def load_preset(name_or_path: str) -> dict:
     return preset
 
 
+def resolve_preset(preset) -> dict:
+    """A preset dict, a name under configs/model ('qwen2.5-7b-vora') or a path to a YAML file."""
+    return preset if isinstance(preset, dict) else load_preset(str(preset))
+
+
 def _merged(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
         out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-def rose_config(preset: dict, **overrides) -> RoseConfig:
-    kwargs = dict(preset.get("rose", {}))
-    kwargs.update(overrides)
-    return RoseConfig(visual_dim=preset["vision"]["hidden_size"], **kwargs)
-
-
-def vlora_config(preset: dict, **overrides):
-    """VLoRA settings of a preset (its `vlora:` section) with the vision width."""
-    from megatron_ext.vlora import VLoRAConfig
-
-    kwargs = dict(preset.get("vlora", {}))
-    kwargs.update(overrides)
-    return VLoRAConfig(visual_dim=preset["vision"]["hidden_size"], **kwargs)
-
-
-def vora_config(preset: dict, **overrides):
-    """VoRA settings of a preset (its `vora:` section); the teacher width comes from `vision`."""
-    from megatron_ext.vora import VoRAConfig
-
-    kwargs = dict(preset.get("vora", {}))
-    kwargs.update(overrides)
-    kwargs.setdefault("teacher_dim", preset["vision"]["hidden_size"])
-    return VoRAConfig(**kwargs)

@@ -20,11 +20,9 @@ from megatron.core.transformer.transformer_block import (TransformerBlockSubmodu
                                                          get_num_layers_to_build)
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
-log = logging.getLogger(__name__)
+from megatron_ext.core.projections import LINEARS
 
-# projection linears of a layer spec: attribute -> (owner: "attention" | "mlp", parallel mode)
-LINEARS = {"linear_qkv": ("attention", "column"), "linear_proj": ("attention", "row"),
-           "linear_fc1": ("mlp", "column"), "linear_fc2": ("mlp", "row")}
+log = logging.getLogger(__name__)
 _logged = set()
 
 
@@ -82,6 +80,24 @@ def unfuse_te_norms(spec: ModuleSpec, linears) -> None:
         spec.submodules.input_layernorm = TENorm
     if "linear_fc1" in linears:
         spec.submodules.pre_mlp_layernorm = TENorm
+
+
+def swap_linears(spec: ModuleSpec, backend: str,
+                 replacement: Callable[[str, str, type], Optional[ModuleSpec]]) -> ModuleSpec:
+    """The one way methods swap a layer's projection linears: `replacement(attribute, parallel,
+    base_class)` returns the ModuleSpec for linear_qkv/linear_proj/linear_fc1/linear_fc2 (or None to
+    keep it), with `base_class` the backend's column/row-parallel linear. Under TE the norm fused
+    into a replaced linear becomes a TENorm of its own (unfuse_te_norms)."""
+    classes = linear_classes(backend)
+    swapped = []
+    for attribute, (_, parallel) in LINEARS.items():
+        new = replacement(attribute, parallel, classes[parallel])
+        if new is not None:
+            setattr(linear_owner(spec, attribute), attribute, new)
+            swapped.append(attribute)
+    if backend == "te":
+        unfuse_te_norms(spec, swapped)
+    return spec
 
 
 def decoder_block_spec(config, backend: str,

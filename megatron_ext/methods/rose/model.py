@@ -1,0 +1,62 @@
+"""ROSEModel: visual features -> VRMG -> rotations T -> GPTModel on text tokens only."""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from megatron_ext.core.injected import InjectedGPTModel
+from megatron_ext.core.llm_config import gpt_model_kwargs, preset_transformer_config
+from megatron_ext.core.projections import PROJECTIONS_OF
+from megatron_ext.core.specs import swap_linears
+from megatron_ext.methods.rose.config import RoseConfig, rose_config
+from megatron_ext.methods.rose.rotated_linear import RotatedLinear
+from megatron_ext.methods.rose.vrmg import VRMG
+
+
+class ROSEModel(InjectedGPTModel):
+    """A GPTModel whose equipped projections are rotated per image (ROSE)."""
+
+    method = "rose"  # its MethodSpec in the registry
+
+    def __init__(self, config, rose: RoseConfig, vocab_size: int, max_sequence_length: int, **kwargs):
+        rose.validate(config)
+        self.rose = rose
+        super().__init__(config, rose.equipped_layers(config.num_layers), vocab_size,
+                         max_sequence_length, **kwargs)
+
+    @property
+    def vrmg(self) -> VRMG | None:
+        return self.generator
+
+    def make_generator(self) -> VRMG:
+        r = self.rose
+        return VRMG(self.equipped, r.projections, r.blocks, r.block_sizes(self.config), r.visual_dim,
+                    r.generator_width, r.generator_heads)
+
+    def rotations_for(self, visual_features: torch.Tensor) -> dict:
+        """T for every equipped projection of this stage: {(layer, projection): (batch, blocks, t)}."""
+        return self.conditioning_for(visual_features)
+
+    def equip(self, layer_number: int, spec: ModuleSpec) -> ModuleSpec:
+        """Swap the projection linears holding rotated projections for RotatedLinear."""
+        block_sizes = self.rose.block_sizes(self.config)
+
+        def rotated_linear(attribute, parallel, base):
+            held = PROJECTIONS_OF[attribute.removeprefix("linear_")]
+            rotated = tuple(p for p in self.rose.projections if p in held)
+            if not rotated:
+                return None
+            return ModuleSpec(module=RotatedLinear, params=dict(
+                base=base, parallel=parallel, layer_number=layer_number, rotated=rotated,
+                block_sizes={p: block_sizes[p] for p in rotated}))
+
+        return swap_linears(spec, self.backend, rotated_linear)
+
+
+def build_rose(preset: dict, backend: str = "auto", dtype: torch.dtype = torch.float32,
+               config_overrides: dict | None = None, **rose_overrides) -> ROSEModel:
+    """A ROSEModel for this process's tensor/pipeline-parallel rank from a preset (configs/model)."""
+    config = preset_transformer_config(preset, dtype, config_overrides)
+    return ROSEModel(config, rose_config(preset, **rose_overrides), backend=backend,
+                     **gpt_model_kwargs(preset["llm"]))

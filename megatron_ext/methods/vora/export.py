@@ -1,0 +1,32 @@
+"""VoRA's part of a Hugging Face export: merged, as the paper deploys it (LoRA folded into the base
+weights, aux heads dropped), so the folder holds a plain Qwen2 and the vision embedding."""
+
+from __future__ import annotations
+
+from megatron_ext.methods.spec import HFExport
+from megatron_ext.methods.vora.model import VoRAModel
+
+IMAGE_TOKEN = "<|image_pad|>"  # VoRA's image placeholder, a Qwen2.5 special token
+
+
+def vora_lm(model) -> VoRAModel:
+    """The VoRAModel of a bare one or of the training wrapper (VoRAVisionModel)."""
+    return model if isinstance(model, VoRAModel) else model.lm
+
+
+def merge(model) -> None:
+    """Fold the LoRA into the base weights and drop the aux heads, in place."""
+    vora_lm(model).merge_and_unload()
+
+
+def vora_export(model, tokenizer) -> HFExport:
+    lm = vora_lm(model)
+    lm.merge_and_unload()
+    v = lm.vora
+    grid = v.image_size // v.patch_size
+    return HFExport(
+        lm=lm,
+        state={f"vision_embedding.{k}": t.detach().clone() for k, t in lm.vision_embedding.state_dict().items()},
+        injection={"embedding": v.embedding(), "bidirectional": v.bidirectional,
+                   "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)},
+        processor={"image_token": IMAGE_TOKEN, "image_tokens": grid * grid})
