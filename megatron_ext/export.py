@@ -8,6 +8,7 @@ pure-PyTorch files of the methods it builds on (SHIPPED) are copied in.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -22,6 +23,7 @@ from transformers import (AutoImageProcessor, AutoTokenizer, GenerationConfig,
 from megatron_ext.core.vlm import VisionLanguageModel
 from megatron_ext.data.loader import pixel_stats
 from megatron_ext.hf.decoder import hf_text_config, megatron_to_hf
+from megatron_ext.hf.chat_template import chat_template
 from megatron_ext.methods import get_method
 from megatron_ext.methods.training import build_training_model
 from megatron_ext.parallel import init_parallel
@@ -41,7 +43,9 @@ SHIPPED = [HERE / "hf" / "remote" / "configuration_paramvision.py",
            HERE / "methods" / "vora" / "vora_embedding.py",
            HERE / "hf" / "efficientnet.py"]  # the EfficientNet-Lite tower (not in transformers)
 AUTO_MAP = {"AutoConfig": "configuration_paramvision.ParamVisionConfig",
-            "AutoModelForCausalLM": "modeling_paramvision.ParamVisionForCausalLM"}
+            "AutoModelForCausalLM": "modeling_paramvision.ParamVisionForCausalLM",
+            # lmms-eval's generic chat model loads a model_type it does not know with AutoModel
+            "AutoModel": "modeling_paramvision.ParamVisionForCausalLM"}
 
 
 def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_processor,
@@ -86,6 +90,9 @@ def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_process
         "injection": part.injection,
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
+    tokenizer = copy.deepcopy(tokenizer)  # the caller's keeps its own template
+    # chat_template.jinja: the training prompt format, read by the tokenizer and the processor
+    tokenizer.chat_template = chat_template(tokenizer)
     tokenizer.save_pretrained(out)
     image_processor.save_pretrained(out)
     processor = {"processor_class": "ParamVisionProcessor",

@@ -1,6 +1,8 @@
 """Processor of an exported model: the encoder's image processor + the LLM's tokenizer.
 The image does not enter the token sequence (it enters the weights), so text and pixels are
-simply returned side by side."""
+simply returned side by side. Prompt it the standard way (what lmms-eval's generic chat model
+does): `apply_chat_template(messages)` (the training prompt format; image parts render nothing),
+then `processor(images=, text=)`, then `model.generate`."""
 
 from transformers import BatchFeature, ProcessorMixin
 
@@ -10,19 +12,28 @@ class ParamVisionProcessor(ProcessorMixin):
     image_processor_class = "AutoImageProcessor"
     tokenizer_class = "AutoTokenizer"
 
-    def __init__(self, image_processor=None, tokenizer=None, image_token=None, image_tokens=0, **kwargs):
-        # VoRA puts the image in the sequence: `image_tokens` placeholders precede the text
+    def __init__(self, image_processor=None, tokenizer=None, image_token=None, image_tokens=0,
+                 chat_template=None, **kwargs):
+        # VoRA puts the image in the sequence: `image_tokens` placeholders precede the text.
+        # chat_template is named so that from_pretrained passes chat_template.jinja in.
         self.image_token, self.image_tokens = image_token, image_tokens
-        super().__init__(image_processor, tokenizer, **kwargs)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
-    def __call__(self, images=None, text=None, return_tensors="pt", **kwargs):
+    def __call__(self, images=None, text=None, videos=None, audios=None, return_tensors="pt", **kwargs):
+        if videos or audios:
+            raise ValueError("this model reads images only: pass no videos or audios")
+        texts = None if text is None else [text] if isinstance(text, str) else list(text)
+        images = None if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
+        if images and texts is not None and len(images) != len(texts):
+            raise ValueError(f"one image per text: got {len(images)} images for {len(texts)} texts")
         out = {}
-        if images is not None and self.image_tokens and text is not None:
-            texts = [text] if isinstance(text, str) else list(text)
-            text = [self.image_token * self.image_tokens + t for t in texts]
-        if text is not None:
-            out.update(self.tokenizer(text, return_tensors=return_tensors, **kwargs))
-        if images is not None:
+        if texts is not None:
+            if images and self.image_tokens:
+                texts = [self.image_token * self.image_tokens + t for t in texts]
+            # the chat template renders every special token training saw (no BOS of the tokenizer's)
+            kwargs.setdefault("add_special_tokens", False)
+            out.update(self.tokenizer(texts, return_tensors=return_tensors, **kwargs))
+        if images:
             out["pixel_values"] = self.image_processor(images, return_tensors=return_tensors)["pixel_values"]
         return BatchFeature(out, tensor_type=return_tensors)
 

@@ -1,0 +1,3 @@
+from megatron_ext.evaluate.cli import main
+
+main()
