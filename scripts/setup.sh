@@ -16,7 +16,7 @@ TORCH=2.13.0
 TE=2.11.0
 GPU=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then GPU=1; fi
-EXTRAS=${EXTRAS:-train,data,dev$([ $GPU = 1 ] && echo ,gpu)}
+EXTRAS=${EXTRAS:-train,data,dev$([ $GPU = 1 ] && echo ,gpu || true)}
 PY="$VENV/bin/python"
 
 [ -x "$PY" ] || python3 -m venv "$VENV"
