@@ -235,6 +235,7 @@ def main(argv=None) -> int:
 
     if lifetime.launched_by_torchrun():  # a killed torchrun takes this worker and its writers along
         lifetime.die_with_launcher()
+    started_here = not dist.is_initialized()  # an in-process caller's process group is left alone
     try:
         cfg = load_config(args.config, args.overrides)
         preflight.check(cfg, int(os.environ.get("WORLD_SIZE", "1")))
@@ -246,7 +247,7 @@ def main(argv=None) -> int:
     except NonFiniteLoss:
         return 3
     finally:
-        if dist.is_initialized():
+        if started_here and dist.is_initialized():
             from megatron_ext.parallel import shutdown
             shutdown()
     return 0
