@@ -20,7 +20,8 @@ from pathlib import Path
 from mainjob import assets, data, inference, report, training
 from mainjob.proc import StepFailed
 from mainjob.settings import IMAGE_SIZE, METHODS, PROMPT, SIZES
-from pvcommon.errors import ArgumentParser, UserError, report
+from pvcommon.errors import ArgumentParser, UserError
+from pvcommon.errors import report as report_error
 from pvcommon.runlock import lock_run_dir
 
 log = logging.getLogger("mainjob")
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
         log.error("%s", e)
         return 1
     except UserError as e:
-        return report(e)
+        return report_error(e)
     print_summary(summary)
     return 0
 
