@@ -35,7 +35,7 @@ def _converted(tmp_path_factory, env: str, name: str, module: str, package: str)
     import importlib.util
 
     if importlib.util.find_spec(package) is None:
-        pytest.skip(f"{package} is not installed (the train extra; scripts/setup.sh installs it)")
+        pytest.fail(f"{package} is not installed: run scripts/setup.sh (the train extra installs it)")
     out = os.environ.get(env) or str(tmp_path_factory.getbasetemp() / name)
     return importlib.import_module(module).convert(out)
 
