@@ -94,6 +94,8 @@ class VisionTower(nn.Module):
 
     def features(self, pixel_values: torch.Tensor, layers, **processor_outputs) -> list:
         """The hidden states of several layers from one forward (VoRA distils every block)."""
+        # loaders give fp32 pixels; a bf16 tower (train.dtype bf16) needs them in its own dtype
+        pixel_values = pixel_values.to(next(self.model.parameters()).dtype)
         out = self.model(pixel_values=pixel_values, output_hidden_states=True, **processor_outputs)
         return [out.hidden_states[l][:, 1:] if self.drop_cls else out.hidden_states[l] for l in layers]
 

@@ -100,6 +100,16 @@ class EfficientNetLite(nn.Module):
         self._bn1 = nn.BatchNorm2d(config.hidden_size, eps=BN_EPS)
         self._fc = nn.Linear(config.hidden_size, config.num_classes)
 
+    def train(self, mode: bool = True) -> "EfficientNetLite":
+        """BatchNorm keeps its ImageNet statistics in training too (frozen BN, as detection
+        fine-tuning does): a per-rank micro-batch of 8 images would otherwise normalise each image
+        by its batch-mates and drift the running statistics the export ships."""
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
     def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = F.relu6(self._bn0(self._conv_stem(pixel_values)))
         for block in self._blocks:

@@ -126,3 +126,19 @@ def test_export_with_the_efficientnet_tower_loads_in_transformers(efficientnet_d
         theirs = hf(**inputs).logits
         ours = vlm(ids, torch.arange(ids.shape[1])[None], None, pixel_values=inputs["pixel_values"])
     assert (ours[..., :theirs.shape[-1]] - theirs).abs().max() < 1e-4
+
+
+def test_batchnorm_keeps_imagenet_statistics_in_training_mode(efficientnet_dir):
+    """A training step (model.train()) must neither normalise an image by its batch-mates nor move
+    the running statistics the export ships: features in train mode equal eval mode's."""
+    from megatron_ext.vision_tower import VisionTower
+
+    tower = VisionTower.from_pretrained(efficientnet_dir)
+    images = torch.rand(4, 3, 160, 160)
+    before = {k: v.clone() for k, v in tower.state_dict().items() if "running" in k}
+    with torch.no_grad():
+        eval_features = tower.eval()(images)
+        train_features = tower.train()(images)
+    torch.testing.assert_close(train_features, eval_features, rtol=0, atol=0)
+    assert all(torch.equal(v, tower.state_dict()[k]) for k, v in before.items())
+    assert tower.training  # the rest of the tower still follows train()/eval()
