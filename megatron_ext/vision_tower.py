@@ -100,6 +100,23 @@ class VisionTower(nn.Module):
         return [out.hidden_states[l][:, 1:] if self.drop_cls else out.hidden_states[l] for l in layers]
 
 
+def tower_config(path: str | Path):
+    """The vision part of a local encoder directory's config (SigLIP/CLIP/AIMv2 through
+    transformers, full checkpoints' nested vision_config included; the project's own towers by
+    model_type), without loading weights."""
+    import transformers
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"vision encoder directory {path} has no config.json")
+    raw = json.loads((path / "config.json").read_text())
+    own = _OWN.get(raw.get("model_type"))
+    if own:
+        return _own_class(own).config_class(**raw)
+    config = transformers.AutoConfig.from_pretrained(path)
+    return getattr(config, "vision_config", config)
+
+
 def _own_class(spec: str):
     import importlib
 

@@ -74,8 +74,10 @@ class EfficientNetLiteConfig(SimpleNamespace):
 
     def __init__(self, image_size: int = 224, hidden_size: int = 1280, num_classes: int = 1000,
                  model_type: str = MODEL_TYPE, **_ignored):
+        # patch_size: the feature map's stride (a token per 32x32 pixels); any_image_size: a CNN has
+        # no position embedding, so any multiple of the stride works (160 px -> 5x5 tokens)
         super().__init__(model_type=model_type, image_size=image_size, hidden_size=hidden_size,
-                         num_classes=num_classes, num_hidden_layers=0)
+                         num_classes=num_classes, num_hidden_layers=0, patch_size=32, any_image_size=True)
 
     def to_dict(self) -> dict:
         return dict(model_type=self.model_type, image_size=self.image_size, hidden_size=self.hidden_size,
@@ -86,6 +88,7 @@ class EfficientNetLite(nn.Module):
     """forward(pixel_values) -> .hidden_states = (the last map as (batch, h*w, 1280) tokens,),
     .logits = the ImageNet classifier's (the classifier is not part of the features)."""
 
+    config_class = EfficientNetLiteConfig
     classifier_prefixes = ("_fc.",)  # VisionTower keeps these frozen: they never reach the LLM
 
     def __init__(self, config: EfficientNetLiteConfig):

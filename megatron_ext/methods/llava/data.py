@@ -3,26 +3,15 @@ caption (the data layer's image_mask). The count is the tower's patch grid at it
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from megatron_ext.methods.llava.config import LlavaConfig, LlavaConfigError
-
-
-def tower_config(path):
-    """The vision part of a local SigLIP/CLIP directory's config.json."""
-    import transformers
-
-    if not (Path(path) / "config.json").is_file():
-        raise LlavaConfigError(f"vision tower directory {path} has no config.json")
-    config = transformers.AutoConfig.from_pretrained(path)
-    return getattr(config, "vision_config", config)  # full CLIP/SigLIP checkpoints nest it
+from megatron_ext.vision_tower import tower_config
 
 
 def image_tokens(path, image_size: int, llava: LlavaConfig | None = None) -> int:
     """Visual tokens per image for the tower at `path` on images of image_size pixels, checked
     against the projector's width (every rank runs it: a mismatch fails everywhere at start-up)."""
     vc = tower_config(path)
-    if getattr(vc, "image_size", image_size) != image_size:
+    if not getattr(vc, "any_image_size", False) and getattr(vc, "image_size", image_size) != image_size:
         raise LlavaConfigError(f"data.image_size={image_size} but the tower at {path} takes "
                                f"{vc.image_size}-pixel images (its position embedding): set data.image_size "
                                f"to {vc.image_size}")
