@@ -48,7 +48,7 @@ def evaluate_model(scorer, questions, prior, answers, captioned, text, args) -> 
     result, records = {"sees_images": scorer.sees_images}, []
     if "vqa" in args.parts:
         result["vqa"], records = evaluate_vqa(scorer, questions, prior, answers, args.batch_size,
-                                              args.max_new_tokens, args.seed, _progress)
+                                              args.max_new_tokens, args.seed, _progress, args.vqa)
     if "captions" in args.parts:
         result["captions"] = caption_loss(scorer, captioned, args.caption_prompt, args.batch_size,
                                           args.seed, _progress)
@@ -72,6 +72,8 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--max-new-tokens", type=int, default=8)
+    ap.add_argument("--vqa", default="greedy,ranking", help="greedy and/or ranking (ranking scores all 13 "
+                                                             "answers: 13 forwards per question)")
     ap.add_argument("--caption-prompt", default=None, help="the user turn before a caption (default: "
                                                            "the main job's data.prompt)")
     ap.add_argument("--text", help="held-out plain-text file (default: the Python Language Reference prose)")
@@ -83,6 +85,9 @@ def parse_args(argv=None):
     ap.add_argument("--vision", help="for a training run trained on precomputed features: its encoder")
     args = ap.parse_args(argv)
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    args.vqa = tuple(k.strip() for k in args.vqa.split(",") if k.strip())
+    if not args.vqa or set(args.vqa) - {"greedy", "ranking"}:
+        ap.error(f"--vqa {','.join(args.vqa)}: choose greedy and/or ranking")
     unknown = sorted(set(args.parts) - set(PARTS))
     if unknown:
         ap.error(f"--parts {','.join(unknown)}: choose from {','.join(PARTS)}")

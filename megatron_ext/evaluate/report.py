@@ -69,7 +69,8 @@ def plot(results: dict, path: Path) -> None:
     width = 0.8 / max(len(models), 1)
     for k, (name, m) in enumerate(models.items()):
         if m.get("vqa"):
-            values = [m["vqa"][kind][view] for kind, view in bars] + [m["vqa"]["prior"]]
+            # a kind left out (--vqa greedy) plots as no bar
+            values = [m["vqa"].get(kind, {}).get(view, float("nan")) for kind, view in bars] + [m["vqa"]["prior"]]
             ax1.bar([i + k * width for i in range(len(values))], values, width, label=name)
         if m.get("captions"):
             ax2.bar([i + k * width for i in range(2)],

@@ -133,23 +133,32 @@ def accuracy(predicted: list[str], questions: list[Question]) -> float:
     return sum(normalize(p) == normalize(q.answer) for p, q in zip(predicted, questions)) / len(questions)
 
 
+KINDS = ("greedy", "ranking")
+
+
 def evaluate_vqa(scorer, questions: list[Question], prior: QuestionPrior, answers: tuple,
                  batch_size: int = 16, max_new_tokens: int = 8, seed: int = 0,
-                 progress=None) -> tuple[dict, list[dict]]:
-    """-> (summary, one record per question). `progress(total, desc)` makes a tqdm-like bar."""
+                 progress=None, kinds: tuple = KINDS) -> tuple[dict, list[dict]]:
+    """-> (summary, one record per question). `progress(total, desc)` makes a tqdm-like bar.
+    `kinds`: greedy and/or ranking (ranking scores all 13 answers: 13 forwards per question)."""
+    if not kinds or set(kinds) - set(KINDS):
+        raise ValueError(f"VQA kinds {kinds}: choose from {KINDS}")
     views = {"matched": [q.image_path for q in questions], "shuffled": shuffled_paths(questions, seed)}
     predictions: dict = {}
     for view, images in views.items():
-        bar = progress(len(questions), f"easy-VQA greedy ({view})") if progress else None
-        predictions[("greedy", view)] = greedy_answers(scorer, questions, images, batch_size, max_new_tokens, bar)
-        bar = progress(len(questions) * len(answers), f"easy-VQA ranking ({view})") if progress else None
-        predictions[("ranking", view)] = ranked_answers(scorer, questions, images, answers, batch_size, bar)
+        if "greedy" in kinds:
+            bar = progress(len(questions), f"easy-VQA greedy ({view})") if progress else None
+            predictions[("greedy", view)] = greedy_answers(scorer, questions, images, batch_size,
+                                                           max_new_tokens, bar)
+        if "ranking" in kinds:
+            bar = progress(len(questions) * len(answers), f"easy-VQA ranking ({view})") if progress else None
+            predictions[("ranking", view)] = ranked_answers(scorer, questions, images, answers, batch_size, bar)
     prior_answers = [prior(q.text) for q in questions]
     summary = {kind: {view: accuracy(predictions[(kind, view)], questions) for view in views}
-               for kind in ("greedy", "ranking")}
+               for kind in kinds}
     summary["prior"] = accuracy(prior_answers, questions)
     summary["image_adds"] = {}
-    for kind in ("greedy", "ranking"):
+    for kind in kinds:
         matched = summary[kind]["matched"]
         summary["image_adds"][f"{kind}_vs_shuffled"] = matched - summary[kind]["shuffled"]
         summary["image_adds"][f"{kind}_vs_prior"] = matched - summary["prior"]

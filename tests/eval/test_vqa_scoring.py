@@ -76,3 +76,17 @@ def test_an_image_blind_model_scores_the_prior_on_matched_and_shuffled_images(pr
     # the question-only prior on the whole test split (0.67 measured by hand for the design)
     assert 0.64 < summary["prior"] < 0.70
     assert summary["stderr"] < 0.01
+
+
+def test_greedy_alone_skips_the_13_answer_ranking(prior, answers):
+    """--vqa greedy: the ranking's 13 forwards per question are not run, and not reported."""
+    qs = heldout_questions(40)
+    scorer = OracleScorer(qs)
+    calls = []
+    scorer.continuation_logprobs = lambda *a, **k: calls.append(a) or []
+    summary, records = evaluate_vqa(scorer, qs, prior, answers, batch_size=16, kinds=("greedy",))
+    assert not calls and "ranking" not in summary and summary["greedy"]["matched"] == 1.0
+    assert set(summary["image_adds"]) == {"greedy_vs_shuffled", "greedy_vs_prior"}
+    assert "ranking_matched" not in records[0]
+    with pytest.raises(ValueError, match="choose from"):
+        evaluate_vqa(scorer, qs, prior, answers, kinds=("beam",))
