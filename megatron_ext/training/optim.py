@@ -12,9 +12,36 @@ from megatron_ext.training.config import TrainConfig
 log = logging.getLogger(__name__)
 
 
+def match_trainable_dtype(model: torch.nn.Module, dtype: torch.dtype) -> list[str]:
+    """Cast every trainable floating-point parameter to `dtype` (the model's params_dtype) in place;
+    returns the names of those cast.
+
+    Under bf16/fp16, Megatron's optimizers assume every parameter they train is 16-bit (what its
+    Float16Module guarantees by casting the whole model): the fp32 main copy lives in the optimizer.
+    A trainable fp32 parameter beside 16-bit ones in a param group breaks their checkpointing: the
+    distributed optimizer pairs model params with main params by buffer order while its groups hold
+    fp32 shards first (get_parameter_state_dp_zero: size mismatch), and the plain one maps only the
+    16-bit params to sharded tensors ("Param id N does not match any model sharded param"). Plain
+    PyTorch modules (VLoRA's generator, VoRA's aux heads and vision embedding, torch-fallback norms)
+    are built in fp32 whatever the training dtype, hence this cast. Frozen parameters keep their
+    dtype (no optimizer sees them)."""
+    cast = []
+    if dtype not in (torch.bfloat16, torch.float16):
+        return cast
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+            cast.append(name)
+    return cast
+
+
 def wrap_ddp(model: torch.nn.Module, cfg: TrainConfig):
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
+    cast = match_trainable_dtype(model, model.config.params_dtype)
+    if cast:
+        log.info("trainable parameters cast to %s for the optimizer: %d tensors (%s%s)",
+                 model.config.params_dtype, len(cast), ", ".join(cast[:3]), ", ..." if len(cast) > 3 else "")
     megatron_cpu.mark_params(model)
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,                      # main grads in fp32 under bf16 too
