@@ -1,5 +1,6 @@
 """Step 5: the run report: loss curves per stage (PNG), a Markdown report linking the data
-pipeline's report, and summary.json with every number the console summary prints."""
+pipeline's report and the evaluation's, and summary.json with every number the console summary
+prints."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def loss_curves(training: dict, path: Path) -> Path:
         ax.set_title(f"{stage}: {m[0]['loss']:.3f} -> {m[-1]['loss']:.3f}")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("caption loss (nats/token)")
+    axes[0][0].set_ylabel("answer loss (nats/token)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -50,7 +51,7 @@ def write(out: Path, summary: dict, training: dict) -> Path:
     summary["report"] = str(path)
     png = loss_curves(training, report / "loss_curves.png")
     (report / "summary.json").write_text(json.dumps(summary, indent=2))
-    d, c = summary["data"], summary["caption"]
+    d = summary["data"]
     lines = [f"# Main job: {summary['method']} ({summary['size']})", "",
              f"Finished {summary['finished']} in {summary['wall_s']:.0f} s.", "",
              "## Data", "",
@@ -62,16 +63,23 @@ def write(out: Path, summary: dict, training: dict) -> Path:
               "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['stage']} | {r['steps']} | {r['loss_first']} | {r['loss_last']} | {r['samples_per_s']} "
               f"| {r['tokens_per_s']} | {r['wall_s']} | {r['run_dir']} |" for r in summary["stages"]]
-    lines += ["", "## Export and a held-out image", "",
-              f"Hugging Face folder: {summary['export']}", "",
-              f"Held-out image {summary['held_out_image']}, prompt {c['prompt']!r}:", "",
-              f"    {c['caption']}", ""]
-    if "merged_equal" in c:
-        lines += [f"`merge_vision` ({c['merged_class']}, the image merged into the weights) gives "
-                  f"{'the same' if c['merged_equal'] else 'DIFFERENT'} greedy tokens; its logits along "
-                  f"the caption differ from the full model's by at most {c['merged_max_logit_diff']:.1e}.", ""]
-    lines += ["The captioner and the encoder are tiny random models and the LLM starts from random "
-              "weights, so captions are not meaningful: the run shows every stage working on real "
-              "components, and the loss falling.", ""]
+    e, h = summary["evaluation"], summary["held_out"]
+    g = e["greedy"]
+    lines += ["", "## Held-out test questions", "",
+              f"Hugging Face folder: {summary['export']}; the evaluation: {e['results']}.", "",
+              f"{e['questions']} easy-VQA test questions on {e['images']} images the pipeline never served, "
+              "greedy answers:", "",
+              "| | accuracy |", "|---|---|",
+              f"| the right images | {g['matched']:.3f} |",
+              f"| shuffled images (each question shown another test image) | {g['shuffled']:.3f} |",
+              f"| question-only prior (the majority train answer per question) | {e['prior']:.3f} |", "",
+              f"Binomial standard error near the prior: {e['stderr']:.3f}. What the image adds: "
+              f"{g['matched'] - e['prior']:+.3f} over the prior, {g['matched'] - g['shuffled']:+.3f} over "
+              "shuffled images.", "",
+              f"Held-out image {h['image']}: {h['question']!r} -> {h['answer']!r} (truth {h['truth']!r}).", ""]
+    if "merged_equal" in h:
+        lines += [f"`merge_vision` ({h['merged_class']}, the image merged into the weights) gives "
+                  f"{'the same' if h['merged_equal'] else 'DIFFERENT'} greedy tokens; its logits along "
+                  f"the answer differ from the full model's by at most {h['merged_max_logit_diff']:.1e}.", ""]
     path.write_text("\n".join(lines))
     return path

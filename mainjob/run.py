@@ -1,8 +1,14 @@
 """The main job: web image-text pairs to a trained, exported model, in one command.
 
     python -m mainjob.run                      # ROSE S1 -> S2 -> S3, default size
-    python -m mainjob.run --method vlora       # or vora
+    python -m mainjob.run --method llava       # or vlora, vora
     python -m mainjob.run --size smallest      # the end-to-end test's setting
+
+SmolLM2-135M-Instruct and frozen EfficientNet-Lite0 (converted once from their PyPI packages)
+learn easy-VQA from web pairs: a local web serves easy-VQA's train images with the hostile cases,
+the Ray data pipeline turns them into shards, each stage instruction-tunes on the images' own
+questions, and the export answers held-out test questions: the report compares its accuracy with
+the question-only prior and with shuffled images.
 
 Writes under --out (default runs/main): assets/ and data/ (shared by the methods), and per method
 <method>/train/<stage>/, hf/, logs/, report/. Re-running after an interruption continues: the data
@@ -19,7 +25,7 @@ from pathlib import Path
 
 from mainjob import assets, data, inference, report, training
 from mainjob.proc import StepFailed
-from mainjob.settings import IMAGE_SIZE, METHODS, PROMPT, SIZES
+from mainjob.settings import METHODS, SIZES
 from pvcommon.errors import ArgumentParser, UserError
 from pvcommon.errors import report as report_error
 from pvcommon.runlock import lock_run_dir
@@ -39,7 +45,7 @@ def _claim(out_root: Path, size_name: str) -> None:
 
 def main_job(method: str, size_name: str, out_root: Path, echo: bool = True) -> dict:
     t0 = time.time()
-    spec, size = METHODS[method], SIZES[size_name]
+    stages, size = METHODS[method], SIZES[size_name]
     out = out_root / method
     shared = out_root / "assets"
     _claim(out_root, size_name)
@@ -52,17 +58,16 @@ def main_job(method: str, size_name: str, out_root: Path, echo: bool = True) -> 
         timings[name] = round(time.time() - t, 1)
         return result
 
-    tokenizer = timed("assets: tokenizer", assets.tokenizer, shared)
+    llm = timed("assets: SmolLM2-135M-Instruct", assets.llm, shared)
+    tower = timed("assets: EfficientNet-Lite0", assets.vision_tower, shared)
     captioner = timed("assets: captioner", assets.captioner, shared)
-    tower = timed(f"assets: {spec.tower} encoder", assets.vision_tower, shared, spec.tower, IMAGE_SIZE)
     data_summary = timed("data pipeline", data.build, out_root / "data", size, captioner, echo=echo)
-    trained = timed("training", training.train, out, method, spec.stages, size,
-                    data_summary["manifest"], tokenizer, tower, echo=echo)
-    last_run = trained[spec.stages[-1]]["run_dir"]
-    hf_dir, _ = timed("export", inference.export, out, last_run, tokenizer, echo=echo)
-    image_path = out / "held_out.jpg"
-    image = inference.held_out_image(image_path)
-    caption = timed("caption a held-out image", inference.caption, hf_dir, tokenizer, image, PROMPT)
+    trained = timed("training", training.train, out, method, stages, size,
+                    data_summary["manifest"], llm, tower, echo=echo)
+    hf_dir, _ = timed("export", inference.export, out, trained[stages[-1]]["run_dir"], llm, echo=echo)
+    evaluation = timed("held-out test questions", inference.evaluate, out, hf_dir, size.test_questions, echo=echo)
+    image_path, question, truth = inference.held_out_question()
+    held_out = timed("answer a held-out question", inference.answer, hf_dir, image_path, question)
 
     summary = dict(
         method=method, size=size_name, finished=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -70,7 +75,8 @@ def main_job(method: str, size_name: str, out_root: Path, echo: bool = True) -> 
         data=dict(input=data_summary["input"], kept=data_summary["kept"], dropped=data_summary["dropped"],
                   dropped_by_reason=data_summary["dropped_by_reason"], manifest=data_summary["manifest"],
                   report=str(Path(data_summary["manifest"]).parent.parent / "report" / "index.html")),
-        stages=report.stage_rows(trained), export=str(hf_dir), held_out_image=str(image_path), caption=caption)
+        stages=report.stage_rows(trained), export=str(hf_dir), evaluation=evaluation,
+        held_out=dict(held_out, image=image_path, truth=truth))
     report.write(out, summary, trained)  # adds summary["report"]
     return summary
 
@@ -84,12 +90,15 @@ def print_summary(s: dict) -> None:
     for r in s["stages"]:
         print(f"train {r['stage']:<3} {r['steps']:>3} steps  loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}  "
               f"{r['samples_per_s']:.1f} samples/s  {r['tokens_per_s']:.0f} tokens/s  {r['run_dir']}")
-    c = s["caption"]
+    e, h = s["evaluation"], s["held_out"]
     print(f"export    {s['export']}")
-    print(f"caption   {s['held_out_image']}: {c['caption']!r}")
-    if "merged_equal" in c:
-        print(f"          merge_vision -> {c['merged_class']}: same greedy tokens = {c['merged_equal']}, "
-              f"max |logit diff| along the caption {c['merged_max_logit_diff']:.1e}")
+    print(f"test      {e['questions']} held-out easy-VQA questions ({e['images']} images): accuracy "
+          f"{e['greedy']['matched']:.3f}, shuffled images {e['greedy']['shuffled']:.3f}, question-only prior "
+          f"{e['prior']:.3f} (standard error {e['stderr']:.3f})")
+    print(f"answer    {h['image']}: {h['question']!r} -> {h['answer']!r} (truth {h['truth']!r})")
+    if "merged_equal" in h:
+        print(f"          merge_vision -> {h['merged_class']}: same greedy tokens = {h['merged_equal']}, "
+              f"max |logit diff| along the answer {h['merged_max_logit_diff']:.1e}")
     print(f"report    {s['report']} (loss curves, summary.json)")
     print("timings   " + ", ".join(f"{k} {v:.0f}s" for k, v in s["timings_s"].items()))
 

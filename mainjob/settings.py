@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 
-
-@dataclass(frozen=True)
-class Method:
-    stages: tuple            # training stages in order; configs/train/main/<method>-<stage>.yaml
-    tower: str               # the vision encoder: ROSE/VLoRA feed its features, VoRA distils from it
-
-
+# training stages in order per method; configs/train/main/<method>-<stage>.yaml
 METHODS = {
-    "rose": Method(("s1", "s2", "s3"), "siglip"),
-    "vlora": Method(("s1", "s2"), "clip"),
-    "vora": Method(("s1", "s2"), "aimv2"),
+    "rose": ("s1", "s2", "s3"),
+    "llava": ("s1", "s2", "s3"),
+    "vlora": ("s1", "s2"),
+    "vora": ("s1", "s2"),
 }
 
 
@@ -26,17 +22,19 @@ class Size:
     easyvqa_images: int      # easy-VQA train images, with their question-answer pairs
     steps_scale: float       # multiplies each stage config's train.steps
     samples_per_shard: int
+    test_questions: int      # held-out easy-VQA test questions the report scores
 
 
 SIZES = {
-    "default": Size(good_images=16, easyvqa_images=240, steps_scale=1.0, samples_per_shard=32),
-    "smallest": Size(good_images=8, easyvqa_images=40, steps_scale=0.25, samples_per_shard=8),  # the end-to-end test
+    "default": Size(good_images=16, easyvqa_images=600, steps_scale=1.0, samples_per_shard=64,
+                    test_questions=500),
+    # the end-to-end test (tests/mainjob): enough steps to see, few enough for the suite
+    "smallest": Size(good_images=8, easyvqa_images=120, steps_scale=0.4, samples_per_shard=32,
+                     test_questions=200),
 }
 
-TENSOR_PARALLEL = 2          # two torchrun processes, one model split over both
-IMAGE_SIZE = 64              # the towers' input; configs/train/main/*.yaml data.image_size
-PROMPT = "what shape is in the image?"  # the held-out question (S3 instruction-tunes on easy-VQA's)
+PROCESSES = 2                # torchrun processes per stage: data parallel (SmolLM2's 9 heads: TP 1 or 3)
 
 
-def train_config(method: str, stage: str):
+def train_config(method: str, stage: str) -> Path:
     return ROOT / "configs" / "train" / "main" / f"{method}-{stage}.yaml"

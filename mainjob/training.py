@@ -1,5 +1,5 @@
-"""Step 3: the method's stages, one torchrun per stage (TP=2 over two processes), each starting
-from the previous stage's checkpoint. A stage whose checkpoint already holds its last step is
+"""Step 3: the method's stages, one torchrun per stage (two processes, data parallel), each
+starting from the previous stage's checkpoint. A stage whose checkpoint already holds its last step is
 skipped, so a re-run of a killed main job continues where it stopped."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from mainjob import proc
-from mainjob.settings import TENSOR_PARALLEL, Size, train_config
+from mainjob.settings import PROCESSES, Size, train_config
 from pvcommon.lifetime import loopback_rendezvous
 
 log = logging.getLogger("mainjob.training")
@@ -35,7 +35,7 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def train(out: Path, method: str, stages: tuple, size: Size, manifest: str, tokenizer: Path,
+def train(out: Path, method: str, stages: tuple, size: Size, manifest: str, llm: Path,
           tower: Path, echo: bool = True) -> dict:
     """-> {stage: {run_dir, steps, wall_s, metrics}}"""
     results, previous = {}, None
@@ -47,13 +47,12 @@ def train(out: Path, method: str, stages: tuple, size: Size, manifest: str, toke
         if _finished(run_dir, steps):
             log.info("%s already trained (%d steps) in %s", stage, steps, run_dir)
         else:
-            overrides = [f"parallel.tensor={TENSOR_PARALLEL}", f"train.steps={steps}",
-                         f"data.manifest={manifest}", f"data.tokenizer={tokenizer}",
-                         f"model.vision_weights={tower}", f"log.run_dir={run_dir}"]
+            overrides = [f"train.steps={steps}", f"data.manifest={manifest}", f"data.tokenizer={llm}",
+                         f"model.llm_weights={llm}", f"model.vision_weights={tower}", f"log.run_dir={run_dir}"]
             if previous is not None:
                 overrides.append(f"train.init_from={previous}")
             cmd = [Path(sys.executable).parent / "torchrun", *loopback_rendezvous(),
-                   f"--nproc-per-node={TENSOR_PARALLEL}", "-m", "megatron_ext.train",
+                   f"--nproc-per-node={PROCESSES}", "-m", "megatron_ext.train",
                    "--config", config, *overrides]
             wall = proc.run(cmd, out / "logs" / f"train-{stage}.log", f"train {stage}", echo=echo,
                             env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
