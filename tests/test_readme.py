@@ -15,9 +15,9 @@ RUNNERS = [
     (r"bash scripts/test\.sh", ".ci/run", "bash scripts/test.sh"),
     (r"bash scripts/main\.sh( --size smallest)?", "tests/mainjob/test_main_job.py",
      '"mainjob.run", "--method", method, "--size", "smallest"'),
-    (r"bash scripts/main\.sh --method (vlora|vora)", "tests/mainjob/test_main_job.py",  # -m slow
-     '@pytest.mark.parametrize("method", ["vlora", "vora"])'),
-    (r"\.venv/bin/(python (pipeline/run\.py|-m megatron_ext\.export)|torchrun --nnodes=1 --rdzv-backend=c10d) .*",
+    (r"bash scripts/main\.sh --method (llava|vlora|vora)", "tests/mainjob/test_main_job.py",  # -m slow
+     '@pytest.mark.parametrize("method", ["llava", "vlora", "vora"])'),
+    (r"\.venv/bin/(python (pipeline/run\.py|-m megatron_ext\.(export|evaluate))|torchrun --nnodes=1 --rdzv-backend=c10d) .*",
      "tests/mainjob/test_main_job.py", "test_the_readme_shows_the_commands_the_main_job_ran"),
     (r"ray job submit --address \S+ --working-dir \. -- python pipeline/\w+\.py --config \S+",
      "tests/pipeline/test_pipeline_cli.py", '"job", "submit"'),

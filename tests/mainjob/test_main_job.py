@@ -162,6 +162,7 @@ def _normalise(cmd: str, out: Path) -> str:
     cmd = cmd.replace(str(out), "runs/main").replace(str(ROOT) + "/", "")
     cmd = re.sub(r"\S*/bin/(python|torchrun)\b", r".venv/bin/\1", cmd)
     cmd = re.sub(r"--rdzv-endpoint=127\.0\.0\.1:\d+ --rdzv-id=\S+", "--rdzv-endpoint=127.0.0.1:PORT --rdzv-id=ID", cmd)
+    cmd = re.sub(r"--limit \d+", "--limit N", cmd)
     return re.sub(r"(train\.steps|samples_per_shard)=\d+", r"\1=N", cmd)
 
 
@@ -172,7 +173,8 @@ def test_the_readme_shows_the_commands_the_main_job_ran(main_job):
     ran = {_normalise(line.removeprefix("$ "), run.parent) for line in ran}
     readme = (ROOT / "README.md").read_text()
     shown = {_normalise(line, run.parent) for line in readme.splitlines()
-             if re.match(r"\.venv/bin/(python (pipeline/run\.py|-m megatron_ext\.export)|torchrun --nnodes=1 --rdzv-backend=c10d)", line)}
+             if re.match(r"\.venv/bin/(python (pipeline/run\.py|-m megatron_ext\.(export|evaluate))|torchrun --nnodes=1 "
+                         r"--rdzv-backend=c10d)", line)}
     assert shown == ran
 
 

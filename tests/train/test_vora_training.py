@@ -3,8 +3,9 @@ heads; LM loss on the caption + block-wise distillation from a tiny AIMv2 teache
 merged LLM + embedding, from S1's checkpoint), chained at TP=2 and at PP=2 (1F1B; the teacher on
 stage 0, block 3's targets sent to stage 1). Each stage's trainable set parameter by parameter,
 the teacher unchanged, the distillation loss falls, S2 starts from exactly S1's merged model, the
-TP=2 first-step losses equal TP=1's; and the main job's path: the real Qwen2.5 tokenizer, TP=2,
-S1 -> S2 -> `python -m megatron_ext.export` -> transformers loads it, equal logits, generate.
+TP=2 first-step losses equal TP=1's; and a real tokenizer's path: the Qwen2.5 tokenizer (its
+151,936-token vocabulary in a tiny preset), TP=2, S1 -> S2 -> `python -m megatron_ext.export` ->
+transformers loads it, equal logits, generate.
 
 One pair of processes runs every training (Megatron's groups are re-initialised per run)."""
 
@@ -21,11 +22,19 @@ from train_helpers import ROOT
 pytestmark = pytest.mark.multiproc
 
 TINY = {s: ROOT / "configs" / "train" / "vora" / f"{s}-tiny.yaml" for s in ("s1", "s2")}
-MAIN = {s: ROOT / "configs" / "train" / "main" / f"vora-{s}.yaml" for s in ("s1", "s2")}
+
 GROUPS = {"s1": {"lora", "embedding", "aux"}, "s2": {"llm", "embedding"}}
 S1_STEPS = 6
 MAIN_IMAGE = 64
-MAIN_TEACHER = f"tiny-aimv2-{MAIN_IMAGE}"  # mainjob/assets.py vision_tower's directory
+MAIN_TEACHER = f"tiny-aimv2-{MAIN_IMAGE}"
+# the tiny VoRA preset with Qwen2.5's vocabulary, room for 64 image tokens + prompt + caption, and
+# a student that pairs token by token with the tiny AIMv2 teacher (width 48, 2 blocks, 8-px patches
+# at 64 px): LoRA and distillation on blocks 1-2, an 8x8 patch grid
+QWEN_PRESET = """base: tiny-vora
+llm: {vocab_size: 151936, max_position_embeddings: 256}
+vision: {hidden_size: 48}
+vora: {vit_layers: 2, patch_size: 8, image_size: 64}
+"""
 
 
 def _overrides(root, name, stage, steps, layout=(), init_from=None, data="shards", teacher="aimv2"):
@@ -89,12 +98,13 @@ def _worker(rank, root):
         out[(name, "s1")], out[(name, "s2")] = r1, r2
     out["first-tp1"], _ = _run(first_tp1)
 
-    # the main job's VoRA path: Qwen2.5 tokenizer, vocabulary 151936, TP=2, S1 -> S2
+    # a real tokenizer's VoRA path: Qwen2.5 tokenizer, vocabulary 151936, TP=2, S1 -> S2
     main = [f"data.tokenizer={root}/qwen", "train.micro_batch_size=1", "train.global_batch_size=2",
-            "parallel.tensor=2"]
-    out[("main", "s1")], _ = _run(load_config(str(MAIN["s1"]), _overrides(
+            "parallel.tensor=2", f"model.preset={root}/qwen-vora.yaml", f"data.image_size={MAIN_IMAGE}",
+            "data.seq_length=48", "data.prompt=Describe the image."]
+    out[("main", "s1")], _ = _run(load_config(str(TINY["s1"]), _overrides(
         root, "main", "s1", 1, main, data="shards64", teacher=MAIN_TEACHER)))
-    out[("main", "s2")], model = _run(load_config(str(MAIN["s2"]), _overrides(
+    out[("main", "s2")], model = _run(load_config(str(TINY["s2"]), _overrides(
         root, "main", "s2", 1, main, init_from="s1", data="shards64", teacher=MAIN_TEACHER)))
     ids, pixels, mask = _probe(root)
     with torch.no_grad():
@@ -116,9 +126,7 @@ def _probe(root):
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    from transformers import Aimv2VisionConfig, Aimv2VisionModel
-
-    from mainjob import assets
+    from transformers import Aimv2VisionConfig, Aimv2VisionModel, SiglipImageProcessorPil
 
     from recaption.tiny import build_tokenizer
     from test_data import make_shards
@@ -129,7 +137,12 @@ def results(tmp_path_factory):
     Aimv2VisionModel(Aimv2VisionConfig(hidden_size=40, intermediate_size=80, num_hidden_layers=3,
                                        num_attention_heads=4, image_size=16, patch_size=4)
                      ).save_pretrained(root / "aimv2")
-    assets.vision_tower(root, "aimv2", MAIN_IMAGE)  # the main job's teacher, built by its own code
+    torch.manual_seed(0)
+    Aimv2VisionModel(Aimv2VisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                                       num_attention_heads=4, image_size=MAIN_IMAGE, patch_size=8)
+                     ).save_pretrained(root / MAIN_TEACHER)
+    SiglipImageProcessorPil(size={"height": MAIN_IMAGE, "width": MAIN_IMAGE}).save_pretrained(root / MAIN_TEACHER)
+    (root / "qwen-vora.yaml").write_text(QWEN_PRESET)
     build_tokenizer().save_pretrained(root / "qwen")
     for name, n in (("shards", 8), ("shards64", 4)):
         (root / name).mkdir()
@@ -195,7 +208,7 @@ def test_tp2_first_step_equals_tp1(results):
         assert abs(a["distill_losses"][0] - b["distill_losses"][0]) < 1e-5
 
 
-def test_main_job_path_qwen_tokenizer_tp2_export_and_generate(results, tmp_path):
+def test_qwen_tokenizer_path_tp2_export_and_generate(results, tmp_path):
     from PIL import Image
     from transformers import AutoModelForCausalLM, AutoProcessor
 
