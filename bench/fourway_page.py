@@ -40,6 +40,29 @@ def _stage_end_points(res: dict, m: str) -> dict:
     return out
 
 
+SHAPES = {"circle", "rectangle", "triangle"}
+
+
+def question_kind(answer: str) -> str:
+    """easy-VQA's three kinds of question, told by the true answer."""
+    return "yes/no" if answer in ("yes", "no") else "shape" if answer in SHAPES else "colour"
+
+
+def by_kind(predictions: Path) -> dict:
+    """{kind: {n, matched, shuffled, prior}} accuracies from an evaluation's predictions.jsonl."""
+    import json
+
+    from megatron_ext.evaluate.vqa import normalize
+
+    rows = [json.loads(line) for line in predictions.read_text().splitlines() if line.strip()]
+    out = {}
+    for kind in ("shape", "colour", "yes/no"):
+        sub = [r for r in rows if question_kind(r["answer"]) == kind]
+        hit = lambda key: sum(normalize(r[key]) == normalize(r["answer"]) for r in sub) / max(len(sub), 1)  # noqa: E731
+        out[kind] = dict(n=len(sub), matched=hit("greedy_matched"), shuffled=hit("greedy_shuffled"), prior=hit("prior"))
+    return out
+
+
 def _f(x, digits=3):
     return "-" if x is None else f"{x:.{digits}f}"
 
@@ -164,6 +187,16 @@ def markdown(res: dict) -> str:
             lines.append(f"| {NAMES[m]} | {step}{' (final)' if p.get('final') else ''} | {stage} | "
                          f"{_f(p['vqa']['greedy']['matched'])} | {_f(p['vqa']['greedy']['shuffled'])} | "
                          f"{_f(p['text']['perplexity'], 2)} |")
+    lines += ["", "## By kind of question", "",
+              "The prior is high because most easy-VQA questions are yes/no ones whose majority answer is "
+              "usually right; the open questions (which shape, which colour) are where the image must be read. "
+              "Accuracy with the right images / shuffled images / the prior, from each final export's predictions:", "",
+              "| kind | questions | " + " | ".join(NAMES[m] for m in methods) + " |", "|---|---|" + "---|" * len(methods)]
+    kinds = {m: by_kind(Path(res["methods"][m]["main_job"]["evaluation"]["results"]).parent / "predictions.jsonl")
+             for m in methods}
+    for kind in ("shape", "colour", "yes/no"):
+        cells = [f"{k['matched']:.3f} / {k['shuffled']:.3f} / {k['prior']:.3f}" for k in (kinds[m][kind] for m in methods)]
+        lines.append(f"| {kind} | {kinds[methods[0]][kind]['n']} | " + " | ".join(cells) + " |")
     lines += ["", "## Against the targets", ""] + targets(res) + ["", "## The recipe", "",
               "Same data, batch (16), schedule (linear warm-up, cosine to a tenth), gradient clipping "
               "(1.0) and steps per stage for every method; the peak rate of S1 is each method's own.", ""]
