@@ -53,3 +53,22 @@ def test_loss_mask_covers_exactly_the_caption_in_qwen_chat_format(qwen, tmp_path
         assert torch.equal(batch["image_mask"], torch.arange(seq).expand_as(batch["image_mask"]) < image_tokens)
     else:
         assert "image_mask" not in batch  # ROSE/VLoRA batches are unchanged
+
+
+def test_image_placeholder_is_one_id_no_text_holds(qwen, smollm2_dir):
+    """Qwen2.5 has <|image_pad|>; SmolLM2 has none and lends <empty_output>: a single id that the
+    chat format, the prompts and the answers never produce, the same for the loader and the export."""
+    from transformers import AutoTokenizer
+
+    from megatron_ext.data.text import HFTokenizer, image_placeholder
+
+    path, tok = qwen
+    assert image_placeholder(tok) == "<|image_pad|>"
+    small = AutoTokenizer.from_pretrained(smollm2_dir)
+    token = image_placeholder(small)
+    assert token == "<empty_output>" and len(small.encode(token, add_special_tokens=False)) == 1
+    image_id = HFTokenizer(str(smollm2_dir)).image_id
+    assert image_id == small.convert_tokens_to_ids(token)
+    chat = "<|im_start|>user\nwhat is the color of the shape?<|im_end|>\n<|im_start|>assistant\nred<|im_end|>\n"
+    assert image_id not in small.encode(chat, add_special_tokens=False)
+    assert image_id not in (small.pad_token_id, small.eos_token_id)

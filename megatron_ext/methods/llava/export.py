@@ -12,13 +12,14 @@ import logging
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-IMAGE_TOKEN = "<|image_pad|>"  # a Qwen2.5 special token; the data layer's image placeholder too
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{% if m['content'] is not string %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}" + IMAGE_TOKEN + "{% endif %}{% endfor %}{% endif %}{% endfor %}"
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
-    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
-    "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def chat_template(image_token: str) -> str:
+    return ("{% for m in messages %}{% if m['content'] is not string %}{% for c in m['content'] %}"
+            "{% if c['type'] == 'image' %}" + image_token + "{% endif %}{% endfor %}{% endif %}{% endfor %}"
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+            "{% else %}{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+            "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def hf_config(model, llm: dict, hf_vocab: int, image_token_id: int, dtype: str):
@@ -59,10 +60,10 @@ def export_llava(model, llm: dict, out_dir, tokenizer, image_processor, max_shar
 
     if model.vision is None:
         raise ValueError("export from a TP=1, PP=1 model with its vision tower (model.vision_weights)")
-    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    if not isinstance(image_token_id, int) or image_token_id == tokenizer.unk_token_id:
-        raise ValueError(f"the tokenizer has no {IMAGE_TOKEN} token (LLaVA's image placeholder): export "
-                         "with a Qwen2.5 tokenizer")
+    from megatron_ext.data.text import image_placeholder
+
+    image_token = image_placeholder(tokenizer)  # the one training used; raises if there is none
+    image_token_id = tokenizer.convert_tokens_to_ids(image_token)
     hf_vocab = len(tokenizer)
     if hf_vocab > llm["vocab_size"]:
         raise ValueError(f"the tokenizer has {hf_vocab} ids but the model's vocabulary is {llm['vocab_size']}")
@@ -79,7 +80,7 @@ def export_llava(model, llm: dict, out_dir, tokenizer, image_processor, max_shar
                    patch_size=tower.model.config.patch_size,
                    vision_feature_select_strategy=config.vision_feature_select_strategy,
                    num_additional_image_tokens=1 if tower.drop_cls else 0,
-                   chat_template=CHAT_TEMPLATE, image_token=IMAGE_TOKEN).save_pretrained(out)
+                   chat_template=chat_template(image_token), image_token=image_token).save_pretrained(out)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     eos = eos if isinstance(eos, int) and eos != tokenizer.unk_token_id else tokenizer.eos_token_id
     GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id or eos,

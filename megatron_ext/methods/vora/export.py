@@ -3,10 +3,9 @@ weights, aux heads dropped), so the folder holds a plain Qwen2 and the vision em
 
 from __future__ import annotations
 
+from megatron_ext.data.text import image_placeholder
 from megatron_ext.methods.spec import HFExport
 from megatron_ext.methods.vora.model import VoRAModel
-
-IMAGE_TOKEN = "<|image_pad|>"  # VoRA's image placeholder, a Qwen2.5 special token
 
 
 def vora_lm(model) -> VoRAModel:
@@ -24,9 +23,10 @@ def vora_export(model, tokenizer) -> HFExport:
     lm.merge_and_unload()
     v = lm.vora
     grid = v.image_size // v.patch_size
+    token = image_placeholder(tokenizer)  # the one training used
     return HFExport(
         lm=lm,
         state={f"vision_embedding.{k}": t.detach().clone() for k, t in lm.vision_embedding.state_dict().items()},
         injection={"embedding": v.embedding(), "bidirectional": v.bidirectional,
-                   "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)},
-        processor={"image_token": IMAGE_TOKEN, "image_tokens": grid * grid})
+                   "image_token_id": tokenizer.convert_tokens_to_ids(token)},
+        processor={"image_token": token, "image_tokens": grid * grid})
