@@ -62,7 +62,9 @@ def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_process
         raise ValueError("export from a TP=1, PP=1 model (distributed checkpoints reshard on load)")
     spec = get_method(model.method)
     if spec.export_native is not None:  # a class transformers has: its own folder, no remote code
-        return spec.export_native(model, llm, out_dir, tokenizer, image_processor, max_shard_size, max_new_tokens)
+        out = spec.export_native(model, llm, out_dir, tokenizer, image_processor, max_shard_size, max_new_tokens)
+        if out is not None:  # None: a part transformers lacks; the remote-code folder below
+            return out
     if spec.export is None:
         raise ValueError(f"method {spec.name} has no Hugging Face export yet")
     part = spec.export(model, tokenizer)

@@ -52,7 +52,9 @@ megatron_ext/methods/__init__.py registers it with one line. The fields:
     export_native  (model, llm: dict, out_dir, tokenizer, image_processor, max_shard_size: str,
                    max_new_tokens: int) -> Path: for a method transformers implements itself (LLaVA:
                    LlavaForConditionalGeneration), write that class's folder, no remote code;
-                   export.py then uses it instead of `export`. None: the remote-code folder.
+                   export.py then uses it instead of `export`. It returns None where the model
+                   has a part transformers lacks (an EfficientNet tower): `export` writes the
+                   remote-code folder then. None: the remote-code folder always.
 """
 
 from __future__ import annotations

@@ -109,3 +109,44 @@ def test_processor_expands_the_placeholder_and_generate_captions(exported):
     generated = hf.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     assert generated.shape[1] == inputs["input_ids"].shape[1] + 5
     assert isinstance(processor.decode(generated[0, ids.shape[0]:], skip_special_tokens=True), str)
+
+
+def test_a_tower_transformers_lacks_exports_as_remote_code_with_equal_logits(efficientnet_dir, tmp_path):
+    """EfficientNet-Lite is no transformers class, so LlavaForConditionalGeneration cannot hold it:
+    the export writes the project's remote-code folder instead. Its processor puts one placeholder
+    per 32 x 32 pixels before the text (25 at 160 px, 100 at 320 px), and its logits equal Megatron's."""
+    from transformers import AutoModelForCausalLM, AutoProcessor, SiglipImageProcessorPil
+
+    from megatron_ext.export import export_model
+    from megatron_ext.methods.llava.model import LlavaVisionModel, build_llava
+    from megatron_ext.vision_tower import VisionTower
+    from recaption.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    preset = json.loads(json.dumps(LLAVA))
+    preset["llm"]["vocab_size"] = 151680
+    preset["vision"]["hidden_size"] = 1280
+    preset["llava"]["feature_layer"] = -1
+    torch.manual_seed(0)
+    tower = VisionTower.from_pretrained(efficientnet_dir, feature_layer=-1)
+    model = LlavaVisionModel(build_llava(preset, backend="local"), tower, train_vision=False).eval()
+    export_model(model, preset["llm"], tmp_path / "hf", tokenizer,
+                 SiglipImageProcessorPil(size={"height": 160, "width": 160}))
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["ParamVisionForCausalLM"] and config["method"] == "llava"
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "hf", trust_remote_code=True)
+    image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    batch = processor(images=image, text="<|im_start|>user\nwhat shape?<|im_end|>\n")
+    ids, pixels = batch["input_ids"], batch["pixel_values"]
+    assert int((ids == image_id).sum()) == 25 and bool((ids[0, :25] == image_id).all())
+    with torch.no_grad():
+        ours = model(ids, torch.arange(ids.shape[1])[None], None, pixel_values=pixels,
+                     image_mask=ids == image_id)[..., :len(tokenizer)]
+        theirs = hf(**batch).logits
+        other = hf(input_ids=ids, pixel_values=torch.flip(pixels, dims=[-1])).logits
+    assert (ours - theirs).abs().max() < 1e-4
+    assert (other - theirs)[:, 25:].abs().max() > 1e-4  # the image reaches the text
+    processor.image_processor.size = {"height": 320, "width": 320}
+    assert int((processor(images=image, text="q")["input_ids"] == image_id).sum()) == 100

@@ -136,6 +136,14 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
             self.post_init()
             return
         self.vision_tower = _vision_tower(config.vision_config)
+        if config.method == "llava":  # the image's projected features in its placeholder positions
+            hidden, bias = config.text_config.hidden_size, inj["projector_bias"]
+            self.projector = nn.ModuleDict({
+                "linear_1": nn.Linear(config.vision_config.hidden_size, hidden, bias=bias),
+                "linear_2": nn.Linear(hidden, hidden, bias=bias)})
+            self.layers = []
+            self.post_init()
+            return
         self.layers = list(inj["layers"])
         self._conditioning: dict = {}
         decoder = self.language_model.model.layers
@@ -185,6 +193,19 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
         self._conditioning.update(self.conditioning(pixel_values, **vision_inputs))
         return dict(self._conditioning)
 
+    def _llava_inputs(self, input_ids, pixel_values):
+        """Embeddings with the projector's tokens in the image placeholders (causal attention)."""
+        embeds = self.language_model.get_input_embeddings()(input_ids)
+        is_image = input_ids == self.config.injection["image_token_id"]
+        feats = self.visual_features(pixel_values)
+        p = self.projector
+        tokens = p["linear_2"](nn.functional.gelu(p["linear_1"](feats.to(p["linear_1"].weight.dtype))))
+        tokens = tokens.reshape(-1, tokens.shape[-1]).to(embeds.dtype)
+        if tokens.shape[0] != int(is_image.sum()):
+            raise ValueError(f"the images give {tokens.shape[0]} tokens but the text has "
+                             f"{int(is_image.sum())} image placeholders")
+        return embeds.masked_scatter(is_image[..., None], tokens)
+
     def _vora_inputs(self, input_ids, pixel_values, attention_mask):
         """Embeddings with each sample's image tokens in its placeholder positions, and the 4D mask:
         causal, plus bidirectional among the tokens of the image."""
@@ -208,6 +229,13 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
     def forward(self, input_ids=None, attention_mask=None, pixel_values=None, labels=None,
                 past_key_values=None, cache_position=None, **kwargs):
         first_step = _is_prefill(past_key_values, cache_position)
+        if self.config.method == "llava":
+            if pixel_values is not None and first_step:
+                kwargs["inputs_embeds"] = self._llava_inputs(input_ids, pixel_values)
+                input_ids = None
+            out = self.language_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                                      past_key_values=past_key_values, cache_position=cache_position, **kwargs)
+            return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, past_key_values=out.past_key_values)
         if self.config.method == "vora":
             if pixel_values is not None and first_step:
                 embeds, mask = self._vora_inputs(input_ids, pixel_values, attention_mask)
@@ -239,9 +267,9 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
     def merge_vision(self, pixel_values, **vision_inputs) -> PreTrainedModel:
         """A plain Qwen2ForCausalLM or LlamaForCausalLM (the exported LLM's class) whose projections
         carry one image (batch of 1) in their weights."""
-        if self.config.method == "vora":
-            raise ValueError("a VoRA model has its image in the sequence, not in the weights: "
-                             "nothing to merge (its LoRA was merged at export)")
+        if self.config.method in ("vora", "llava"):
+            raise ValueError(f"a {self.config.method} model has its image in the sequence, not in the "
+                             "weights: nothing to merge")
         if pixel_values.shape[0] != 1:
             raise ValueError("merge_vision takes one image (pixel_values of batch size 1)")
         cond = self.conditioning(pixel_values, **vision_inputs)

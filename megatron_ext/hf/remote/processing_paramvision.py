@@ -13,10 +13,12 @@ class ParamVisionProcessor(ProcessorMixin):
     tokenizer_class = "AutoTokenizer"
 
     def __init__(self, image_processor=None, tokenizer=None, image_token=None, image_tokens=0,
-                 chat_template=None, **kwargs):
-        # VoRA puts the image in the sequence: `image_tokens` placeholders precede the text.
+                 patch_size=0, chat_template=None, **kwargs):
+        # VoRA and LLaVA put the image in the sequence: placeholders precede the text, a fixed
+        # `image_tokens` of them (VoRA's grid), or one per `patch_size` x `patch_size` pixels of the
+        # processed image (LLaVA on a CNN: any image size).
         # chat_template is named so that from_pretrained passes chat_template.jinja in.
-        self.image_token, self.image_tokens = image_token, image_tokens
+        self.image_token, self.image_tokens, self.patch_size = image_token, image_tokens, patch_size
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
     def __call__(self, images=None, text=None, videos=None, audios=None, return_tensors="pt", **kwargs):
@@ -27,14 +29,18 @@ class ParamVisionProcessor(ProcessorMixin):
         if images and texts is not None and len(images) != len(texts):
             raise ValueError(f"one image per text: got {len(images)} images for {len(texts)} texts")
         out = {}
+        if images:
+            out["pixel_values"] = self.image_processor(images, return_tensors=return_tensors)["pixel_values"]
         if texts is not None:
-            if images and self.image_tokens:
-                texts = [self.image_token * self.image_tokens + t for t in texts]
+            count = self.image_tokens
+            if images and self.patch_size:
+                h, w = out["pixel_values"].shape[-2:]
+                count = (h // self.patch_size) * (w // self.patch_size)
+            if images and count:
+                texts = [self.image_token * count + t for t in texts]
             # the chat template renders every special token training saw (no BOS of the tokenizer's)
             kwargs.setdefault("add_special_tokens", False)
             out.update(self.tokenizer(texts, return_tensors=return_tensors, **kwargs))
-        if images:
-            out["pixel_values"] = self.image_processor(images, return_tensors=return_tensors)["pixel_values"]
         return BatchFeature(out, tensor_type=return_tensors)
 
     def batch_decode(self, *args, **kwargs):

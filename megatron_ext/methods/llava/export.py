@@ -52,14 +52,32 @@ def hf_state_dict(model, hf_vocab: int) -> dict:
     return state
 
 
+def llava_export(model, tokenizer):
+    """LLaVA with a tower transformers lacks (EfficientNet-Lite): the project's remote-code folder,
+    the projector beside the LLM, one placeholder per 32 x 32 pixels before the text."""
+    from megatron_ext.data.text import image_placeholder
+    from megatron_ext.methods.spec import HFExport
+
+    lm, token = model.lm, image_placeholder(tokenizer)
+    return HFExport(
+        lm=lm, tower=model.vision,
+        state={f"projector.{k}": v.detach().clone() for k, v in lm.projector.state_dict().items()},
+        injection={"image_token_id": tokenizer.convert_tokens_to_ids(token),
+                   "projector_bias": lm.llava.projector_bias},
+        processor={"image_token": token, "patch_size": model.vision.model.config.patch_size})
+
+
 def export_llava(model, llm: dict, out_dir, tokenizer, image_processor, max_shard_size: str = "2GB",
-                 max_new_tokens: int = 64) -> Path:
-    """Write a TP=1, PP=1 LlavaVisionModel with its weights loaded as a native HF LLaVA folder."""
+                 max_new_tokens: int = 64) -> Path | None:
+    """Write a TP=1, PP=1 LlavaVisionModel with its weights loaded as a native HF LLaVA folder;
+    None where transformers has no class for the tower (the remote-code export writes it then)."""
     from huggingface_hub import save_torch_state_dict
-    from transformers import GenerationConfig, LlavaProcessor
+    from transformers import GenerationConfig, LlavaProcessor, PreTrainedConfig
 
     if model.vision is None:
         raise ValueError("export from a TP=1, PP=1 model with its vision tower (model.vision_weights)")
+    if not isinstance(model.vision.model.config, PreTrainedConfig):
+        return None
     from megatron_ext.data.text import image_placeholder
 
     image_token = image_placeholder(tokenizer)  # the one training used; raises if there is none
