@@ -37,12 +37,16 @@ def llm_gflops(text_config, tokens: int) -> float:
 
 def visual_tokens(scorer, image) -> tuple[int, bool]:
     """(visual tokens one image gives this model, whether they are in the sequence): its
-    placeholders, or the encoder features its generator reads; (0, False) without vision."""
+    placeholders (VoRA, LLaVA: counted in a processed prompt), or the encoder features its
+    generator reads; (0, False) without vision."""
     if not scorer.sees_images:
         return 0, False
-    placeholders = getattr(scorer.processor, "image_tokens", 0)
-    if placeholders:
-        return int(placeholders), True
+    token = getattr(scorer.processor, "image_token", None)
+    if token:
+        ids = scorer._inputs([""], [image])["input_ids"]
+        placeholders = int((ids == scorer.tokenizer.convert_tokens_to_ids(token)).sum())
+        if placeholders:
+            return placeholders, True
     pixels = scorer._inputs([""], [image])["pixel_values"]
     with torch.no_grad():
         return int(scorer.model.visual_features(pixels).shape[1]), False

@@ -90,3 +90,25 @@ def test_greedy_alone_skips_the_13_answer_ranking(prior, answers):
     assert "ranking_matched" not in records[0]
     with pytest.raises(ValueError, match="choose from"):
         evaluate_vqa(scorer, qs, prior, answers, kinds=("beam",))
+
+
+def test_placeholders_count_as_visual_tokens_in_the_sequence():
+    """LLaVA and VoRA processors insert image placeholders: those are the visual tokens, in the
+    sequence; a generator's features are not."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from megatron_ext.evaluate.cost import visual_tokens
+
+    class Tok:
+        def convert_tokens_to_ids(self, token):
+            return 7
+
+    def scorer(image_token, ids, feats):
+        return SimpleNamespace(sees_images=True, processor=SimpleNamespace(image_token=image_token),
+                               tokenizer=Tok(), _inputs=lambda t, i: {"input_ids": ids, "pixel_values": None},
+                               model=SimpleNamespace(visual_features=lambda p: torch.zeros(1, feats, 4)))
+
+    assert visual_tokens(scorer("<img>", torch.tensor([[7] * 25 + [1, 2]]), 49), None) == (25, True)
+    assert visual_tokens(scorer(None, torch.tensor([[1, 2]]), 49), None) == (49, False)
