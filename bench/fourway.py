@@ -16,8 +16,9 @@ steps, batch and schedule per stage (configs/train/main/), then measured side by
                 tokens and at 100 (320-px images).
 
 Writes <out>/fourway.json, fourway.md (the results page) and two plots (`--page` rewrites them
-from fourway.json); docs/RESULTS.md is the page of one such run. Resumable: the main job skips what it finished, and each evaluation whose
-results.json exists is kept."""
+from fourway.json); docs/RESULTS.md is the page of one such run. Resumable: a method fourway.json
+holds is kept, the main job skips the stages it finished, and each evaluation whose results.json
+exists is kept."""
 
 from __future__ import annotations
 
@@ -127,8 +128,14 @@ def run(out: Path, methods: list, size: str) -> dict:
     results = dict(command="python -m bench.fourway " + " ".join(sys.argv[1:]), started=started,
                    size=size, methods={}, loads=loads)
     llm = assets.llm(out / "assets")
+    done = out / "fourway.json"  # a resumed run keeps the methods an earlier one finished
+    finished = json.loads(done.read_text())["methods"] if done.is_file() else {}
     curve_q = SIZES[size].test_questions * 8 // 25  # 160 of 500: a checkpoint in under a minute
     for method in methods:  # each method's numbers are on disk before the next one trains
+        if "curve" in finished.get(method, {}):
+            log.info("== %s: finished by an earlier run (%s)", method, done)
+            results["methods"][method] = finished[method]
+            continue
         log.info("== %s: the main job", method)
         summary = main_job(method, size, out, echo=False)
         results["methods"][method] = dict(main_job=summary, training=training_cost(summary, method))
