@@ -149,7 +149,7 @@ def run(out: Path, methods: list, size: str) -> dict:
         loads.append(machine_load())
         (out / "fourway.json").write_text(json.dumps(results, indent=2, default=str))  # so far
     hf = {m: results["methods"][m]["main_job"]["export"] for m in methods}
-    final = evaluate({"base": llm, **hf}, out / "fourway" / "final", ["--parts", "captions,text,cost", "--limit", str(SIZES[size].test_questions)])
+    final = evaluate({"base": llm, **hf}, out / "fourway" / "final", ["--parts", "captions,text", "--limit", str(SIZES[size].test_questions)])
     results["final"] = final["models"]
     results["latency"] = {str(s): latency(hf, s) for s in (160, LARGER_IMAGE)}
     loads.append(machine_load())

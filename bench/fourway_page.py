@@ -169,10 +169,11 @@ def markdown(res: dict) -> str:
         f"{small.get(m, {}).get('tokens', '-')} / {large.get(m, {}).get('tokens', '-')}" for m in methods) + " |")
     row("one forward, 160 px (ms)", lambda m, r: 1000 * small[m]["forward_s"], 1)
     row("one forward, 320 px (ms)", lambda m, r: 1000 * large[m]["forward_s"], 1)
-    refused = {m: v["refused"] for m, v in large.items() if "refused" in v}
     lines.append("")
-    if refused:
-        lines += [f"At 320 px {NAMES[m]} refused: `{why}`." for m, why in refused.items()] + [""]
+    for size, costs in (("160", small), ("320", large)):
+        lines += [f"At {size} px {NAMES[m]}'s cost could not be measured: `{v['refused']}`." for m, v in costs.items()
+                  if "refused" in v]
+    lines.append("")
     lines += ["Accuracy: the main job's held-out score (`python -m megatron_ext.evaluate --vqa greedy`), "
               f"{ev(res['methods'][methods[0]])['questions']} questions on "
               f"{ev(res['methods'][methods[0]])['images']} test images; binomial standard error near "
