@@ -217,6 +217,23 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save(fig, ax, prior, xlabel: str, path: Path) -> Path:
+    """An accuracy plot's shared finish: the prior's line, labels, the file."""
+    import matplotlib.pyplot as plt
+
+    if prior is not None:
+        ax.axhline(prior, color="grey", ls="--", label="question-only prior")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("easy-VQA test accuracy (greedy)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plots(res: dict, out: Path) -> list[Path]:
     import matplotlib
 
@@ -230,17 +247,7 @@ def plots(res: dict, out: Path) -> list[Path]:
         pts = [(step, p["vqa"]["greedy"]["matched"]) for step, p in points(res, m).items()]
         ax.plot([s for s, _ in pts], [a for _, a in pts], marker="o", label=NAMES[m])
         prior = res["methods"][m]["curve"]["base"]["vqa"]["prior"]
-    if prior is not None:
-        ax.axhline(prior, color="grey", ls="--", label="question-only prior")
-    ax.set_xlabel("training step (all stages, batch 16)")
-    ax.set_ylabel("easy-VQA test accuracy (greedy)")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    curve = out / "fourway_curve.png"
-    fig.savefig(curve, dpi=100)
-    plt.close(fig)
+    curve = _save(fig, ax, prior, "training step (all stages, batch 16)", out / "fourway_curve.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for m in methods:
@@ -249,17 +256,7 @@ def plots(res: dict, out: Path) -> list[Path]:
         if g is not None:
             ax.scatter([g], [acc], s=60, label=NAMES[m])
             ax.annotate(NAMES[m], (g, acc), textcoords="offset points", xytext=(6, 4))
-    if prior is not None:
-        ax.axhline(prior, color="grey", ls="--", label="question-only prior")
-    ax.set_xlabel("inference GFLOPs per sample (25 visual tokens)")
-    ax.set_ylabel("easy-VQA test accuracy (greedy)")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    flops = out / "fourway_flops.png"
-    fig.savefig(flops, dpi=100)
-    plt.close(fig)
+    flops = _save(fig, ax, prior, "inference GFLOPs per sample (25 visual tokens)", out / "fourway_flops.png")
     return [curve, flops]
 
 
