@@ -32,6 +32,8 @@ def check(cfg, preset: dict, trainable: list) -> None:
         image_tokens(cfg, preset)
     except LlavaConfigError as e:
         raise _config_error(e) from None
+    except FileNotFoundError as e:  # model.vision_weights names no encoder directory
+        raise _config_error(f"model.vision_weights: {e}") from None
 
 
 def training_model(cfg, preset: dict, dtype, config_overrides: dict | None, trainable: list):
