@@ -95,8 +95,8 @@ def latency(hf_dirs: dict, image_size: int, reps: int = 5) -> dict:
     scorers, costs, refused = {}, {}, {}
     for name, path in hf_dirs.items():
         scorer = ExportScorer(path)
-        # LLaVA's processor counts placeholders from the resized image, ROSE's and VLoRA's
-        # generators read any number of tokens; VoRA's patch positions are fixed by its grid
+        # LLaVA's and VoRA's processors count placeholders from the resized image (VoRA resamples
+        # its learned positions); ROSE's and VLoRA's generators read any number of tokens
         scorer.processor.image_processor.size = {"height": image_size, "width": image_size}
         try:
             costs[name] = sample_cost(scorer, q.text, q.image_path, q.answer)

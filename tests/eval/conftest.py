@@ -3,6 +3,6 @@ import pytest
 
 @pytest.fixture(scope="session")
 def blind_export(tmp_path_factory, megatron_single_process):
-    from eval_helpers import write_blind_rose_export
+    from eval_helpers import write_blind_export
 
-    return write_blind_rose_export(tmp_path_factory.mktemp("eval") / "rose-step0")
+    return write_blind_export(tmp_path_factory.mktemp("eval") / "rose-step0")

@@ -12,13 +12,12 @@ class ParamVisionProcessor(ProcessorMixin):
     image_processor_class = "AutoImageProcessor"
     tokenizer_class = "AutoTokenizer"
 
-    def __init__(self, image_processor=None, tokenizer=None, image_token=None, image_tokens=0,
-                 patch_size=0, chat_template=None, **kwargs):
-        # VoRA and LLaVA put the image in the sequence: placeholders precede the text, a fixed
-        # `image_tokens` of them (VoRA's grid), or one per `patch_size` x `patch_size` pixels of the
-        # processed image (LLaVA on a CNN: any image size).
+    def __init__(self, image_processor=None, tokenizer=None, image_token=None, patch_size=0, chat_template=None, **kwargs):
+        # VoRA and LLaVA put the image in the sequence: placeholders precede the text, one per
+        # `patch_size` x `patch_size` pixels of the processed image (VoRA resamples its learned
+        # positions and a CNN tower reads any size, so the count follows the image processor's size).
         # chat_template is named so that from_pretrained passes chat_template.jinja in.
-        self.image_token, self.image_tokens, self.patch_size = image_token, image_tokens, patch_size
+        self.image_token, self.patch_size = image_token, patch_size
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
     def __call__(self, images=None, text=None, videos=None, audios=None, return_tensors="pt", **kwargs):
@@ -32,11 +31,11 @@ class ParamVisionProcessor(ProcessorMixin):
         if images:
             out["pixel_values"] = self.image_processor(images, return_tensors=return_tensors)["pixel_values"]
         if texts is not None:
-            count = self.image_tokens
+            count = 0
             if images and self.patch_size:
                 h, w = out["pixel_values"].shape[-2:]
                 count = (h // self.patch_size) * (w // self.patch_size)
-            if images and count:
+            if count:
                 texts = [self.image_token * count + t for t in texts]
             # the chat template renders every special token training saw (no BOS of the tokenizer's)
             kwargs.setdefault("add_special_tokens", False)

@@ -108,7 +108,9 @@ class PerceptualWeightsGenerator(nn.Module):
                                  "vlora.positional_tokens to the tower's token count, or 0")
             visual = visual + self.pos_embed
         G, B = len(self.types), visual.shape[0]
-        x = self.queries[:, None].expand(G, B, *self.queries.shape[1:])
+        # a copy, not an expand: a view of a parameter made under no_grad has requires_grad but no
+        # grad_fn, which torch's module hooks (FlopCounterMode's tracker) cannot attach to
+        x = self.queries[:, None].repeat(1, B, 1, 1)
         kv = visual[None].expand(G, *visual.shape)
         for block in self.blocks:
             x = block(x, kv)

@@ -22,11 +22,10 @@ def vora_export(model, tokenizer) -> HFExport:
     lm = vora_lm(model)
     lm.merge_and_unload()
     v = lm.vora
-    grid = v.image_size // v.patch_size
     token = image_placeholder(tokenizer)  # the one training used
     return HFExport(
         lm=lm,
         state={f"vision_embedding.{k}": t.detach().clone() for k, t in lm.vision_embedding.state_dict().items()},
         injection={"embedding": v.embedding(), "bidirectional": v.bidirectional,
                    "image_token_id": tokenizer.convert_tokens_to_ids(token)},
-        processor={"image_token": token, "image_tokens": grid * grid})
+        processor={"image_token": token, "patch_size": v.patch_size})
