@@ -31,6 +31,13 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def machine_load() -> str:
+    import os
+
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"
+
+
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -33,6 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import fourway_page
+from bench.common import machine_load
+from bench.inference_cost import latency
 from mainjob import assets
 from mainjob.run import main_job
 from mainjob.settings import METHODS, ROOT, SIZES
@@ -80,45 +81,6 @@ def training_cost(summary: dict, method: str) -> dict:
     return dict(wall_s={s: r["wall_s"] for s, r in stages.items()},
                 samples={s: n for s, n in samples.items()},
                 pflops=sum(samples.values()) * per_sample / 1e15, train_gflops_per_sample=per_sample / 1e9)
-
-
-def latency(hf_dirs: dict, image_size: int, reps: int = 5) -> dict:
-    """Median seconds of one forward over one easy-VQA sample (prompt + answer), images resized to
-    image_size, with the counted GFLOPs and the visual tokens; interleaved across the models so the
-    machine's load hits them alike."""
-    from bench.common import interleaved
-    from megatron_ext.evaluate.cost import sample_cost
-    from megatron_ext.evaluate.scorer import ExportScorer
-    from megatron_ext.evaluate.vqa import heldout_questions
-
-    q = heldout_questions(1)[0]
-    scorers, costs, refused = {}, {}, {}
-    for name, path in hf_dirs.items():
-        scorer = ExportScorer(path)
-        # LLaVA's and VoRA's processors count placeholders from the resized image (VoRA resamples
-        # its learned positions); ROSE's and VLoRA's generators read any number of tokens
-        scorer.processor.image_processor.size = {"height": image_size, "width": image_size}
-        try:
-            costs[name] = sample_cost(scorer, q.text, q.image_path, q.answer)
-        except Exception as e:  # noqa: BLE001 - recorded in the results: the model cannot take this size
-            refused[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-            continue
-        scorers[name] = scorer
-    batches = {n: s._inputs([s.prompt(q.text) + q.answer + s.end_of_turn], [q.image_path]) for n, s in scorers.items()}
-    import torch
-
-    def step(name):
-        with torch.no_grad():
-            scorers[name].model(**batches[name])
-
-    wall, _ = interleaved(step, list(scorers), reps, cpu=True)
-    return {**{n: dict(costs[n], forward_s=wall[n], image_size=image_size) for n in scorers},
-            **{n: dict(refused=why, image_size=image_size) for n, why in refused.items()}}
-
-
-def machine_load() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"
 
 
 def run(out: Path, methods: list, size: str) -> dict:

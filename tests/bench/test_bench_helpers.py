@@ -47,3 +47,18 @@ def test_llava_baseline_sequence_holds_the_visual_tokens():
     for method in ("llava", "rose", "vlora", "vora", "text"):
         model, _ = build(method, preset, 16, torch.float32, "pretrain")
         inputs.loss(method, model).backward()  # every variant's step runs
+
+
+def test_inference_cost_table_marks_what_a_model_could_not_run(tmp_path):
+    from bench.inference_cost import main, markdown
+
+    ok = dict(counted_gflops=6.254, visual_tokens=25, visual_in_sequence=False, tokens=18, forward_s=0.1442)
+    costs = {"160": {"rose": ok, "vora": dict(ok, visual_in_sequence=True, tokens=43)},
+             "320": {"rose": dict(ok, visual_tokens=100), "vora": dict(refused="ValueError: too big")}}
+    md = markdown(costs, ["rose", "vora"])
+    assert "| inference GFLOPs per sample, 160 px | 6.25 | 6.25 |" in md
+    assert "| visual tokens, 160 px (in the LLM's sequence?) | 25 (no) | 25 (yes) |" in md
+    assert "| one forward, 320 px (ms) | 144.2 | - |" in md
+    assert "At 320 px vora could not run: `ValueError: too big`." in md
+    with pytest.raises(SystemExit):
+        main([f"rose={tmp_path}"])  # no config.json: not an export

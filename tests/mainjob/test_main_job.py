@@ -21,7 +21,7 @@ def _main_job(out: Path, method: str):
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run([sys.executable, "-m", "mainjob.run", "--method", method, "--size", "smallest",
                            "--out", str(out), "--quiet"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     run = out / method
     return run, json.loads((run / "report" / "summary.json").read_text()), proc.stdout
