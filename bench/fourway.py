@@ -13,7 +13,8 @@ steps, batch and schedule per stage (configs/train/main/), then measured side by
   captions      caption loss with matched vs shuffled images (the final exports);
   cost          training wall time and FLOPs (megatron_ext/training/mfu.py's 3 x forward),
                 inference GFLOPs per sample and one forward's latency, at the trained 25 visual
-                tokens and at 100 (320-px images).
+                tokens and at 100 (320-px images): bench/inference_cost.py, which also measures
+                any exports on their own.
 
 Writes <out>/fourway.json, fourway.md (the results page) and two plots (`--page` rewrites them
 from fourway.json); docs/RESULTS.md is the page of one such run. Resumable: a method fourway.json
