@@ -59,17 +59,16 @@ def latency(hf_dirs: dict, image_size: int, reps: int = 5) -> dict:
 
 def markdown(costs: dict, names: list) -> str:
     """costs: {size: latency(...)} -> a table, one column per export."""
-    def cell(c, key, fmt):
-        return "-" if "refused" in c else fmt(c[key])
-
+    rows = (("inference GFLOPs per sample", lambda c: f"{c['counted_gflops']:.2f}"),
+            ("visual tokens", lambda c: f"{c['visual_tokens']} ({'yes' if c['visual_in_sequence'] else 'no'})"),
+            ("LLM sequence", lambda c: str(c["tokens"])),
+            ("one forward", lambda c: f"{1000 * c['forward_s']:.1f}"))
+    units = {"visual tokens": " (in the LLM's sequence?)", "LLM sequence": " (tokens)", "one forward": " (ms)"}
     lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for size, by_name in costs.items():
-        c = [by_name[n] for n in names]
-        lines.append(f"| inference GFLOPs per sample, {size} px | " + " | ".join(cell(x, "counted_gflops", "{:.2f}".format) for x in c) + " |")
-        lines.append(f"| visual tokens, {size} px (in the LLM's sequence?) | " + " | ".join(
-            "-" if "refused" in x else f"{x['visual_tokens']} ({'yes' if x['visual_in_sequence'] else 'no'})" for x in c) + " |")
-        lines.append(f"| LLM sequence, {size} px (tokens) | " + " | ".join(cell(x, "tokens", str) for x in c) + " |")
-        lines.append(f"| one forward, {size} px (ms) | " + " | ".join(cell(x, "forward_s", lambda s: f"{1000 * s:.1f}") for x in c) + " |")
+        for label, fmt in rows:
+            cells = ("-" if "refused" in by_name[n] else fmt(by_name[n]) for n in names)
+            lines.append(f"| {label}, {size} px{units.get(label, '')} | " + " | ".join(cells) + " |")
     lines.append("")
     lines += [f"At {size} px {n} could not run: `{by_name[n]['refused']}`."
               for size, by_name in costs.items() for n in names if "refused" in by_name[n]]

@@ -28,8 +28,7 @@ def write_blind_export(out: Path, method: str = "rose") -> Path:
     tower = VisionTower.from_config(SiglipVisionConfig(
         hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
         image_size=IMAGE, patch_size=16), feature_layer=-1)
-    equipped = lm.rose.equipped_layers(lm.config.num_layers) if method == "rose" else lm.all_equipped
-    vlm = VisionLanguageModel(lm, tower, equipped, train_vision=False)
+    vlm = VisionLanguageModel(lm, tower, lm.all_equipped, train_vision=False)
     export_model(vlm, preset["llm"], out, build_tokenizer(),
                  SiglipImageProcessorPil(size={"height": IMAGE, "width": IMAGE}))
     return out

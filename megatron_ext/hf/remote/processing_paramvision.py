@@ -31,12 +31,9 @@ class ParamVisionProcessor(ProcessorMixin):
         if images:
             out["pixel_values"] = self.image_processor(images, return_tensors=return_tensors)["pixel_values"]
         if texts is not None:
-            count = 0
             if images and self.patch_size:
                 h, w = out["pixel_values"].shape[-2:]
-                count = (h // self.patch_size) * (w // self.patch_size)
-            if count:
-                texts = [self.image_token * count + t for t in texts]
+                texts = [self.image_token * ((h // self.patch_size) * (w // self.patch_size)) + t for t in texts]
             # the chat template renders every special token training saw (no BOS of the tokenizer's)
             kwargs.setdefault("add_special_tokens", False)
             out.update(self.tokenizer(texts, return_tensors=return_tensors, **kwargs))
