@@ -45,7 +45,9 @@ SHIPPED = [HERE / "hf" / "remote" / "configuration_paramvision.py",
 AUTO_MAP = {"AutoConfig": "configuration_paramvision.ParamVisionConfig",
             "AutoModelForCausalLM": "modeling_paramvision.ParamVisionForCausalLM",
             # lmms-eval's generic chat model loads a model_type it does not know with AutoModel
-            "AutoModel": "modeling_paramvision.ParamVisionForCausalLM"}
+            "AutoModel": "modeling_paramvision.ParamVisionForCausalLM",
+            # pipeline("image-text-to-text") and the HF habit for vision-language models
+            "AutoModelForImageTextToText": "modeling_paramvision.ParamVisionForCausalLM"}
 
 
 def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_processor,

@@ -31,6 +31,23 @@ def test_the_template_renders_the_training_prompt_format(blind_export, processor
     assert done == rendered + "red<|im_end|>\n"
 
 
+def test_tokenized_chat_path_gives_the_processor_inputs(blind_export, processor):
+    """apply_chat_template(..., tokenize=True, return_dict=True) with an image: the rendered
+    prompt's own tokens (no BOS, no placeholder for ROSE) and the image's pixel values, the
+    inputs generate takes."""
+    from transformers import AutoModelForImageTextToText
+
+    inputs = processor.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True,
+                                           return_dict=True, return_tensors="pt")
+    rendered = processor.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    assert inputs["input_ids"][0].tolist() == processor.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    image = MESSAGES[0]["content"][0]["image"]
+    assert torch.equal(inputs["pixel_values"], processor.image_processor(image, return_tensors="pt")["pixel_values"])
+    model = AutoModelForImageTextToText.from_pretrained(blind_export, trust_remote_code=True).eval()
+    out = model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    assert out.shape == (1, inputs["input_ids"].shape[1] + 2)
+
+
 def test_plain_template_for_a_tokenizer_without_chat_tokens():
     class NoChat:
         def get_vocab(self):

@@ -60,7 +60,8 @@ def _pixels(seed=0):
 def test_folder_layout(exported):
     _, out, _ = exported
     config = json.loads((out / "config.json").read_text())
-    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_paramvision.ParamVisionForCausalLM"
+    for auto in ("AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModel"):
+        assert config["auto_map"][auto] == "modeling_paramvision.ParamVisionForCausalLM", auto
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1  # sharded
     for f in ("modeling_paramvision.py", "rotation.py", "vrmg.py", "vlora_generator.py",
@@ -116,6 +117,33 @@ def test_processor_and_generate_caption_an_image(exported):
     assert (a - b).abs().max() > 1e-3
 
 
+def test_image_text_to_text_pipeline_answers_from_the_image(exported):
+    """The HF habits for a vision-language model: AutoModelForImageTextToText loads the export and
+    pipeline("image-text-to-text") answers a chat with an image exactly as the manual path does
+    (apply_chat_template -> processor -> generate), reading the image once."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+
+    _, out, _ = exported
+    model = AutoModelForImageTextToText.from_pretrained(out, trust_remote_code=True).eval()
+    assert type(model).__name__ == "ParamVisionForCausalLM"
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    messages = [{"role": "user", "content": [{"type": "image", "image": image},
+                                             {"type": "text", "text": "What is in the image?"}]}]
+    processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                           return_dict=True, return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    expected = processor.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    pipe = pipeline("image-text-to-text", model=str(out), trust_remote_code=True)
+    calls = []
+    conditioning = pipe.model.conditioning
+    pipe.model.conditioning = lambda *a, **k: calls.append(1) or conditioning(*a, **k)
+    answer = pipe(text=messages, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert answer[0]["generated_text"][-1] == {"role": "assistant", "content": expected}
+    assert len(calls) == 1  # the pipeline handed the image to the model
+
+
 @pytest.fixture(scope="module")
 def exported_vora(tmp_path_factory):
     from transformers import SiglipImageProcessorPil
@@ -167,3 +195,11 @@ def test_vora_export_is_merged_and_equals_megatron(exported_vora):
     assert int((inputs["input_ids"] == hf.config.injection["image_token_id"]).sum()) == 16
     generated = hf.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > inputs["input_ids"].shape[1]
+    # the chat path, tokenised by the processor: the same placeholders in front of the prompt
+    messages = [{"role": "user", "content": [{"type": "image", "image": image},
+                                             {"type": "text", "text": "Describe the image."}]}]
+    chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                         return_dict=True, return_tensors="pt")
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert torch.equal(chat["input_ids"], processor(images=image, text=prompt)["input_ids"])
+    assert int((chat["input_ids"] == hf.config.injection["image_token_id"]).sum()) == 16
