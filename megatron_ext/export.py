@@ -26,6 +26,7 @@ from megatron_ext.hf.decoder import hf_text_config, megatron_to_hf
 from megatron_ext.hf.chat_template import chat_template
 from megatron_ext.methods import get_method
 from megatron_ext.methods.training import build_training_model
+from megatron_ext.model_card import run_config_dir, write_model_card
 from megatron_ext.parallel import init_parallel
 from megatron_ext.training.checkpoint import latest, load_weights
 from megatron_ext.training.config import load_config
@@ -51,11 +52,14 @@ AUTO_MAP = {"AutoConfig": "configuration_paramvision.ParamVisionConfig",
 
 
 def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_processor,
-                 max_shard_size: str = "2GB", max_new_tokens: int = 64, overwrite: bool = False) -> Path:
+                 max_shard_size: str = "2GB", max_new_tokens: int = 64, overwrite: bool = False,
+                 run_dir: str | Path | None = None, evaluation: str | Path | None = None) -> Path:
     """Write a model built at TP=1, PP=1 with its weights loaded as a HF folder: what the training
     loop ran (e.g. a VisionLanguageModel around ROSE or VLoRA) or a bare LLM, as its method's
     spec exports it (VoRA merges its LoRA into the base weights first, in place, as the paper
-    deploys it). A non-empty out_dir is refused unless overwrite (megatron_ext/export_dir.py)."""
+    deploys it). A non-empty out_dir is refused unless overwrite (megatron_ext/export_dir.py).
+    The folder's README.md is its model card (megatron_ext/model_card.py): run_dir, the run the
+    weights come from, says what was trained on what; evaluation, a results.json, how it scored."""
     from megatron_ext.export_dir import ExportTarget, check_target
 
     check_target(out_dir, overwrite)
@@ -66,6 +70,7 @@ def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_process
     if spec.export_native is not None:  # a class transformers has: its own folder, no remote code
         out = spec.export_native(model, llm, out_dir, tokenizer, image_processor, max_shard_size, max_new_tokens)
         if out is not None:  # None: a part transformers lacks; the remote-code folder below
+            write_model_card(out, spec.name, run_dir, evaluation)
             return out
     if spec.export is None:
         raise ValueError(f"method {spec.name} has no Hugging Face export yet")
@@ -107,13 +112,15 @@ def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_process
     GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id or eos,
                      max_new_tokens=max_new_tokens, do_sample=False).save_pretrained(out)
     out = target.commit()
+    write_model_card(out, spec.name, run_dir, evaluation)
     log.info("exported %d tensors to %s", len(state), out)
     return out
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir: str | None = None,
                       image_processor_dir: str | None = None, vision_dir: str | None = None,
-                      max_shard_size: str = "2GB", overwrite: bool = False) -> Path:
+                      max_shard_size: str = "2GB", overwrite: bool = False,
+                      evaluation: str | Path | None = None) -> Path:
     """A training checkpoint (any TP/PP layout; dist checkpoints reshard on load) -> a HF folder.
 
     Rebuilds the run's model from its resolved config.yaml at TP=1, PP=1 in this process. A run
@@ -123,13 +130,14 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir
 
     check_target(out_dir, overwrite)  # before anything is loaded
     for flag, value in (("--checkpoint", checkpoint), ("--tokenizer", tokenizer_dir),
-                        ("--image-processor", image_processor_dir), ("--vision", vision_dir)):
+                        ("--image-processor", image_processor_dir), ("--vision", vision_dir),
+                        ("--evaluation", evaluation)):
         if value is not None and not Path(value).exists():
             raise UsageError(f"{flag} {value}: no such file or directory")
     path = latest(Path(checkpoint))
     if path is None:
         raise UsageError(f"--checkpoint: no complete checkpoint under {checkpoint}")
-    run_dir = next((p for p in (path.parent, path.parent.parent) if (p / "config.yaml").is_file()), None)
+    run_dir = run_config_dir(path)
     if run_dir is None:
         raise UsageError(f"--checkpoint: no config.yaml beside {path} (a run directory holds the resolved config)")
     cfg = load_config(str(run_dir / "config.yaml"), ["parallel.tensor=1", "parallel.pipeline=1"])
@@ -162,7 +170,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir
         image_processor = AutoImageProcessor.from_pretrained(image_processor_dir or vision_dir)
     log.info("exporting %s (%s, step directory %s)", run_dir, cfg.model.method, path.name)
     return export_model(model, preset["llm"], out_dir, AutoTokenizer.from_pretrained(tokenizer_dir),
-                        image_processor, max_shard_size=max_shard_size, overwrite=overwrite)
+                        image_processor, max_shard_size=max_shard_size, overwrite=overwrite,
+                        run_dir=run_dir, evaluation=evaluation)
 
 
 def training_image_processor(cfg, given_dir: str | None = None):
@@ -195,12 +204,14 @@ def main(argv=None) -> None:
                                               "vision tower dir)")
     ap.add_argument("--vision", help="the encoder of a run trained on precomputed features")
     ap.add_argument("--max-shard-size", default="2GB")
+    ap.add_argument("--evaluation", help="results.json of python -m megatron_ext.evaluate, for the "
+                                         "model card's scores (README.md)")
     ap.add_argument("--overwrite", action="store_true",
                     help="write into a non-empty --out: replaces the files an export writes, keeps others")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = run_cli(export_checkpoint, args.checkpoint, args.out, args.tokenizer, args.image_processor,
-                  args.vision, args.max_shard_size, args.overwrite)
+                  args.vision, args.max_shard_size, args.overwrite, args.evaluation)
     print(f"exported to {out}: AutoModelForCausalLM.from_pretrained('{out}', trust_remote_code=True)")
 
 

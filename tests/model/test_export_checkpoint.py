@@ -111,6 +111,10 @@ def test_export_cli_from_a_tp2_or_pp2_checkpoint_holds_the_trained_weights(train
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
     assert model.config.method == "rose"
+    # the model card: the run's stage and steps, from its config.yaml and metrics.jsonl
+    card = (out / "README.md").read_text()
+    assert "pipeline_tag: image-text-to-text" in card and "method: `rose`" in card
+    assert "| s1 | 3 / 3 | 8 |" in card and str(root / "run") in card
 
 
 def test_export_cli_errors_are_clear(tmp_path):
