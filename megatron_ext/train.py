@@ -224,6 +224,10 @@ def main(argv=None) -> int:
     ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="configs/train/<stage>.yaml")
     ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=10")
+    ap.add_argument("--dry-run", action="store_true", help="check everything, print the resolved config "
+                    "and what would run, start nothing (megatron_ext/training/dry_run.py)")
+    ap.add_argument("--world-size", type=int, help="with --dry-run: the processes the run will have "
+                    "(default $WORLD_SIZE, else 1)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         stream=sys.stdout)
@@ -238,6 +242,14 @@ def main(argv=None) -> int:
     started_here = not dist.is_initialized()  # an in-process caller's process group is left alone
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.dry_run:
+            from megatron_ext.training.dry_run import describe
+            if cfg.model.llm_weights:
+                _check_llm_weights(cfg)
+            plan = describe(cfg, args.world_size or int(os.environ.get("WORLD_SIZE", "1")))
+            if is_rank0():
+                print(plan, end="", flush=True)
+            return 0
         preflight.check(cfg, int(os.environ.get("WORLD_SIZE", "1")))
         if is_rank0():  # one holder per run directory; other ranks follow rank 0's outcome
             lock_run_dir(cfg.log.run_dir, "log.run_dir")

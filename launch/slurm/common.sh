@@ -81,6 +81,7 @@ fi
 cd "$REPO"
 mkdir -p "$LOG_DIR" "$RUN_DIR"
 export ENV_HOOK=${ENV_HOOK:-} WANDB_MODE=${WANDB_MODE:-offline}
+( [[ -z "${ENV_HOOK:-}" ]] || source "$ENV_HOOK"; python -m megatron_ext.train --dry-run --world-size "$((SLURM_NNODES * GPUS_PER_NODE))" "${TRAIN_CMD[@]:8}" ) || exit $?  # checks + resolved config; a mistake is one line before any worker
 echo "$(date -Is) ${SLURM_JOB_NAME} ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}): ${SRUN_CMD[*]}"
 
 REQUEUE=0

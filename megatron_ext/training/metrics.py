@@ -1,14 +1,17 @@
 """Per-step metrics: metrics.jsonl (one object per optimizer step), console progress, wandb.
 
 Written by global rank 0 only; the loss it reports is reduced from the last pipeline stage.
-wandb runs offline unless WANDB_MODE (or log.wandb_mode) says otherwise.
+wandb runs offline unless WANDB_MODE (or log.wandb_mode) says otherwise, as one run per run
+directory across resumes and requeues (wandb_run_id).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import resource
 import sys
 import time
@@ -23,6 +26,23 @@ def peak_memory_gib() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+WANDB_ID_FILE = "wandb_id"
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """One wandb run per run directory: a resumed or requeued job continues it. The id is derived
+    from the directory (its name and a hash of its absolute path) and stored in it, so a moved
+    directory keeps its run."""
+    stored = run_dir / WANDB_ID_FILE
+    if stored.is_file():
+        return stored.read_text().strip()
+    digest = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]
+    run_id = re.sub(r"[^A-Za-z0-9_-]", "-", run_dir.name)[:55] + "-" + digest  # wandb: 64 chars at most
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stored.write_text(run_id + "\n")
+    return run_id
 
 
 class Metrics:
@@ -42,11 +62,12 @@ class Metrics:
         self.t_start = time.time()
 
     def _init_wandb(self, run_dir: Path, cfg) -> None:
-        import wandb
+        import wandb  # optional heavy dependency: only when log.wandb
 
         mode = cfg.log.wandb_mode or os.environ.get("WANDB_MODE", "offline")
         self.wandb = wandb.init(project=cfg.log.wandb_project, dir=str(run_dir), mode=mode,
-                                config=cfg.to_dict(), name=run_dir.name, resume="allow")
+                                config=cfg.to_dict(), name=run_dir.name, id=wandb_run_id(run_dir),
+                                resume="allow")
         log.info("wandb: mode=%s, files under %s", mode, run_dir / "wandb")
 
     def step(self, record: dict) -> None:
