@@ -23,7 +23,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mainjob import assets, data, inference, report, training
+from mainjob import assets, data, dry_run, inference, report, training
 from mainjob.proc import StepFailed
 from mainjob.settings import METHODS, SIZES
 from pvcommon.errors import ArgumentParser, UserError
@@ -109,6 +109,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=sorted(SIZES), default="default")
     p.add_argument("--out", default="runs/main", help="output root (default runs/main)")
     p.add_argument("--quiet", action="store_true", help="child processes' output only to the log files")
+    p.add_argument("--dry-run", action="store_true", help="check each stage's config, print it resolved "
+                   "and what would run; start nothing (mainjob/dry_run.py)")
     return p
 
 
@@ -116,6 +118,9 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     try:
+        if args.dry_run:
+            print(dry_run.describe(args.method, args.size, Path(args.out).resolve()), end="")
+            return 0
         summary = main_job(args.method, args.size, Path(args.out).resolve(), echo=not args.quiet)
     except StepFailed as e:
         log.error("%s", e)

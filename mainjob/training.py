@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import yaml
 
 from mainjob import proc
 from mainjob.settings import PROCESSES, Size, train_config
+from megatron_ext.training.config import load_config
+from megatron_ext.training.dry_run import describe
 from pvcommon.lifetime import loopback_rendezvous
 
 log = logging.getLogger("mainjob.training")
@@ -51,11 +54,13 @@ def train(out: Path, method: str, stages: tuple, size: Size, manifest: str, llm:
                          f"model.llm_weights={llm}", f"model.vision_weights={tower}", f"log.run_dir={run_dir}"]
             if previous is not None:
                 overrides.append(f"train.init_from={previous}")
+            describe(load_config(str(config), overrides), PROCESSES)  # a mistake: one line before torchrun
             cmd = [Path(sys.executable).parent / "torchrun", *loopback_rendezvous(),
                    f"--nproc-per-node={PROCESSES}", "-m", "megatron_ext.train",
                    "--config", config, *overrides]
             wall = proc.run(cmd, out / "logs" / f"train-{stage}.log", f"train {stage}", echo=echo,
-                            env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+                            env={"WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),  # the user's, if set
+                                 "WANDB_SILENT": os.environ.get("WANDB_SILENT", "true")})
         results[stage] = dict(run_dir=str(run_dir), steps=steps, wall_s=round(wall, 1), metrics=metrics(run_dir))
         previous = run_dir
     return results

@@ -63,13 +63,31 @@ def run(cfg, stages=None) -> dict:
     return summary
 
 
+def dry_run(cfg, requested=None) -> str:
+    """The checks run() makes before its first stage (pipeline/preflight.py), without the lock on
+    output_dir; -> the resolved config and the stages that would run."""
+    import yaml
+
+    from pipeline import preflight
+
+    cfg, names = plan(cfg, requested)
+    preflight.check(cfg, names)
+    return ("# resolved config\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False) +
+            f"# dry run: checks passed; would run {', '.join(names)} into {cfg.output_dir}\n")
+
+
 def main(argv=None):
     from pipeline.cli import exit_on_user_error, parse_and_load, parser, start
 
     p = parser(__doc__)
     p.add_argument("--stages", default=",".join(ALL), help="comma-separated subset, in order")
+    p.add_argument("--dry-run", action="store_true", help="check the config and inputs, print the resolved "
+                   "config and the stages that would run; start nothing")
     cfg, args = parse_and_load(argv, __doc__, p)
     requested = [s for s in args.stages.split(",") if s]
+    if args.dry_run:
+        print(exit_on_user_error(dry_run, cfg, requested), end="")
+        return
     exit_on_user_error(lambda: start(cfg, plan(cfg, requested)[1]))
     exit_on_user_error(run, cfg, requested)
 

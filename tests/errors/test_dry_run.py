@@ -78,3 +78,53 @@ def test_slurm_script_stops_a_config_mistake_before_any_worker(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "# dry run: checks passed" in r.stdout and "world size 2" in r.stdout
     assert (tmp_path / "srun-called").exists()
+
+
+def test_pipeline_dry_run_checks_and_prints_without_starting(tmp_path, capsys, monkeypatch):
+    import pipeline.run as pipeline_run
+
+    monkeypatch.setattr(pipeline_run, "run", lambda *a, **k: pytest.fail("--dry-run ran the stages"))
+    urls = tmp_path / "urls.csv"
+    urls.write_text("url,caption\nhttp://127.0.0.1:1/a.jpg,a cat\n")
+    out_dir = tmp_path / "out"
+    base = ["--config", str(ROOT / "configs/data/demo_tiny.yaml"), "--set", f"output_dir={out_dir}",
+            "--stages", "download,filter,shard", "--dry-run"]
+    pipeline_run.main([*base, "--set", f"input={urls}"])
+    config, plan = capsys.readouterr().out.split("# dry run: checks passed; would run ")
+    assert yaml.safe_load(config)["input"] == str(urls)
+    assert plan.strip() == f"download, filter, shard into {out_dir}"
+    assert not out_dir.exists()  # no lock, no stage folder
+    with pytest.raises(SystemExit) as e:
+        pipeline_run.main([*base, "--set", f"input={tmp_path}/none.csv"])
+    assert_one_line(e.value.code, capsys.readouterr().err, 1, f"input URL list not found: '{tmp_path}/none.csv'")
+
+
+def test_main_job_dry_run_resolves_every_stage_and_starts_nothing(tmp_path, capsys, monkeypatch):
+    from mainjob import run as mainjob_run
+
+    monkeypatch.setattr(mainjob_run, "main_job", lambda *a, **k: pytest.fail("--dry-run started the job"))
+    assert mainjob_run.main(["--dry-run", "--method", "rose", "--size", "smallest", "--out", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    for stage in ("s1", "s2", "s3"):
+        assert f"# {stage}: configs/train/main/rose-{stage}.yaml" in out
+    assert f"starts from {tmp_path / 'm' / 'rose' / 'train' / 's2'}" in out  # s3 from s2
+    assert "(DP 2)" in out and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("user_mode", [None, "online"])
+def test_main_job_checks_each_stage_before_torchrun_and_keeps_the_users_wandb_mode(tmp_path, monkeypatch, user_mode):
+    from mainjob import training
+    from mainjob.settings import SIZES
+
+    calls = []
+    monkeypatch.setattr(training, "describe", lambda cfg, world: calls.append(("check", cfg.train.stage, world)))
+    monkeypatch.setattr(training.proc, "run", lambda cmd, log, tag, env=None, echo=True:
+                        calls.append(("torchrun", tag, env["WANDB_MODE"])) or 0.0)
+    if user_mode is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", user_mode)
+    training.train(tmp_path, "vlora", ("s1", "s2"), SIZES["smallest"], "manifest.json", tmp_path / "llm",
+                   tmp_path / "tower", echo=False)
+    mode = user_mode or "offline"
+    assert calls == [("check", "s1", 2), ("torchrun", "train s1", mode), ("check", "s2", 2), ("torchrun", "train s2", mode)]
