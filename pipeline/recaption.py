@@ -48,7 +48,7 @@ class CaptionActor:
     """Holds one captioner for its lifetime; Ray Data feeds it one chunk per call."""
 
     def __init__(self, rc, backend: str):
-        from recaption.base import build_captioner
+        from recaption.factory import build_captioner
         self.rc = rc
         self.captioner = build_captioner(rc, backend)
 

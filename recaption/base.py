@@ -1,10 +1,12 @@
-"""The captioner interface, backend selection (logged once) and retry-then-record."""
+"""The captioner interface, backend selection and retry-then-record. The backends (hf_backend.py,
+vllm_backend.py) import this module; recaption/factory.py builds one of them."""
 from __future__ import annotations
 
 import abc
 import importlib.util
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -112,7 +114,6 @@ def vllm_python(configured: Optional[str] = None) -> Optional[str]:
             raise BackendUnavailable(f"recaption.vllm.python={configured!r} is not an executable Python")
         return configured
     if importlib.util.find_spec("vllm") is not None:
-        import sys
         return sys.executable
     candidate = os.path.join(VLLM_VENV, "bin", "python")
     return candidate if os.access(candidate, os.X_OK) else None
@@ -143,13 +144,3 @@ def check_model_dir(path: Optional[str]) -> str:
 
 def captioner_name(rc) -> str:
     return rc.name or os.path.basename(os.path.normpath(rc.model))
-
-
-def build_captioner(rc, backend: str) -> Captioner:
-    """rc: RecaptionConfig; backend: the resolved one ('transformers' or 'vllm')."""
-    check_model_dir(rc.model)
-    if backend == "vllm":
-        from recaption.vllm_backend import VLLMCaptioner
-        return VLLMCaptioner(rc)
-    from recaption.hf_backend import TransformersCaptioner
-    return TransformersCaptioner(rc)

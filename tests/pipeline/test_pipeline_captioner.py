@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from pipeline.config import RecaptionConfig
-from recaption.base import CaptionResult, Captioner, build_captioner, caption_with_retries, select_backend
+from recaption.base import CaptionResult, Captioner, caption_with_retries, select_backend
+from recaption.factory import build_captioner
 from recaption.prompts import chat_prompt, instruction
 from recaption.vllm_backend import build_requests, engine_kwargs, sampling_kwargs
 

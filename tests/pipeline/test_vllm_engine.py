@@ -20,7 +20,7 @@ SCRIPT = """
 import json, sys
 from PIL import Image
 from pipeline.config import RecaptionConfig
-from recaption.base import build_captioner
+from recaption.factory import build_captioner
 from recaption.prompts import instruction
 
 rc = RecaptionConfig(model=sys.argv[1], max_new_tokens=8, max_pixels=112 * 112)
