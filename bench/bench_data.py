@@ -4,7 +4,7 @@
    (goal: pipeline / plain <= 1.1). Runs alternate, best of --repeats each.
 2. Samples/s per stage for a full run (download, recaption with the tiny CPU captioner, filter, shard).
 
-    .venv/bin/python bench/bench_data.py --n 300 --repeats 2
+    .venv/bin/python -m bench.bench_data --n 300 --repeats 2
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
@@ -63,8 +62,9 @@ def timed_child(kind: str, cfg: dict) -> tuple:
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    subprocess.run([sys.executable, os.path.abspath(__file__), "--child", kind, json.dumps(cfg)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # `-m` finds bench/ from here
+    subprocess.run([sys.executable, "-m", "bench.bench_data", "--child", kind, json.dumps(cfg)], check=True,
+                   cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

@@ -7,21 +7,18 @@ trainable:
   (h_p 512, N = 8 blocks at the 7b shape) run on the visual tokens, per-sample W_v.
 - VoRA: LoRA rank 1024 on all seven projections, arbitrary (bidirectional-image) attention mask.
 
-    python bench/bench_lora_layers.py --shape tiny                  # seconds
-    python bench/bench_lora_layers.py --shape 7b --tokens 512       # the 7B layer
+    python -m bench.bench_lora_layers --shape tiny                  # seconds
+    python -m bench.bench_lora_layers --shape 7b --tokens 512       # the 7B layer
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench.bench_layer import SHAPES  # noqa: E402  (the ROSE bench's LLM shapes)
-from bench.common import device, interleaved, machine, table  # noqa: E402
+from bench.bench_layer import SHAPES  # the ROSE bench's LLM shapes
+from bench.common import device, interleaved, machine, table
 
 METHOD = {
     "7b": dict(vlora=dict(layers=[1], rank=64, generator_width=512, generator_depth=8, generator_heads=8),

@@ -26,8 +26,8 @@ the same run. Peak memory: above what was allocated before the step
 (see bench.common.PEAK_MEMORY_MEASURE: the CUDA allocator's peak on a GPU, the profiler's record of
 CPU allocations on a CPU).
 
-    python bench/bench_vs_llava.py                                   # tiny preset, CPU, ~1 min
-    torchrun --nproc-per-node 2 bench/bench_vs_llava.py --preset 7b --tensor 2   # GPUs
+    python -m bench.bench_vs_llava                                   # tiny preset, CPU, ~1 min
+    torchrun --nproc-per-node 2 -m bench.bench_vs_llava --preset 7b --tensor 2   # GPUs
 """
 
 from __future__ import annotations
@@ -36,14 +36,11 @@ import argparse
 import gc
 import json
 import math
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench.common import (device, interleaved, load, machine, peak_memory,  # noqa: E402
+from bench.common import (device, interleaved, load, machine, peak_memory,
                           peak_memory_measure, table)
 
 # the LLM and vision width come from the ROSE preset; each method's section from its own preset
