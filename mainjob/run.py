@@ -26,7 +26,8 @@ from pathlib import Path
 from mainjob import assets, data, dry_run, inference, report, training
 from mainjob.proc import StepFailed
 from mainjob.settings import METHODS, SIZES
-from pvcommon.errors import ArgumentParser, UserError
+from pvcommon.argparser import ArgumentParser
+from pvcommon.errors import UserError
 from pvcommon.errors import report as report_error
 from pvcommon.runlock import lock_run_dir
 

@@ -31,7 +31,8 @@ from megatron_ext.parallel import init_parallel
 from megatron_ext.training.checkpoint import latest, load_weights
 from megatron_ext.training.config import load_config
 from megatron_ext.vision_tower import VisionTower
-from pvcommon.errors import ArgumentParser, UsageError, run_cli
+from pvcommon.argparser import ArgumentParser
+from pvcommon.errors import UsageError, run_cli
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent

@@ -19,7 +19,7 @@ from megatron_ext.core.flops import (attention_score_flops, decoder_projection_f
                                      vision_encoder_flops)
 from megatron_ext.methods import get_method, method_names
 
-from pvcommon.errors import ArgumentParser
+from pvcommon.argparser import ArgumentParser
 
 # LLM and vision-encoder shapes for the presets the papers use.
 LLMS = {

@@ -17,7 +17,8 @@ from typing import Optional
 
 import yaml
 
-from pvcommon.errors import ArgumentParser, UsageError, run_cli
+from pvcommon.argparser import ArgumentParser
+from pvcommon.errors import UsageError, run_cli
 
 CARD = "README.md"
 # where a base model's card declares nothing, Hugging Face's convention for "see the terms of the

@@ -25,7 +25,7 @@ import yaml
 from megatron_ext.device import host_tensor, place_model
 from megatron_ext.hf.decoder import load_llm
 from megatron_ext.training.config import ConfigError, TrainConfig, load_config, num_microbatches, validate
-from pvcommon.errors import ArgumentParser
+from pvcommon.argparser import ArgumentParser
 from pvcommon import lifetime  # at import: a writer a worker spawns takes its guard
 
 log = logging.getLogger("train")

@@ -9,7 +9,8 @@ import os
 import sys
 
 from pipeline import config as config_mod
-from pvcommon.errors import ArgumentParser, DataError, UserError, report
+from pvcommon.argparser import ArgumentParser
+from pvcommon.errors import DataError, UserError, report
 from pvcommon.runlock import lock_run_dir
 
 

@@ -2,7 +2,6 @@
 file, key or number to change, and an exit code (2: usage or config, 1: data), never a traceback."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -50,12 +49,3 @@ def run_cli(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except UserError as e:
         sys.exit(report(e))
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line (prog, what is wrong, where to look), exit 2."""
-
-    def error(self, message):
-        if is_rank0():
-            self.exit(USAGE, f"{self.prog}: error: {message} (see --help)\n")
-        self.exit(USAGE)
