@@ -14,6 +14,7 @@ import yaml
 
 from mainjob import proc
 from mainjob.settings import PROCESSES, Size, train_config
+from megatron_ext.training.checkpoint import latest, step_dir_name
 from megatron_ext.training.config import load_config
 from megatron_ext.training.dry_run import describe
 from pvcommon.lifetime import loopback_rendezvous
@@ -27,10 +28,8 @@ def stage_steps(config: Path, size: Size) -> int:
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
-    from megatron_ext.training.checkpoint import latest
-
     ckpt = latest(run_dir) if run_dir.is_dir() else None
-    return ckpt is not None and ckpt.name == f"step_{steps:06d}"
+    return ckpt is not None and ckpt.name == step_dir_name(steps)
 
 
 def metrics(run_dir: Path) -> list[dict]:

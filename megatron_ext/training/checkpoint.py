@@ -34,6 +34,11 @@ OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable",
                   "distrib_optim_fully_reshardable_mem_efficient": True}
 
 
+def step_dir_name(step: int) -> str:
+    """The one name of a step's checkpoint directory (the main job compares with it too)."""
+    return f"step_{step:06d}"
+
+
 def latest(root: Path) -> Optional[Path]:
     """The newest complete checkpoint under `root` (a checkpoints dir or a run dir), or None."""
     root = Path(root)
@@ -88,7 +93,7 @@ def save(root: Path, step: int, model, optimizer, scheduler, loader, extra: dict
     from megatron.core import dist_checkpointing
 
     root = Path(root)
-    final, tmp = root / f"step_{step:06d}", root / f"step_{step:06d}.tmp"
+    final, tmp = root / step_dir_name(step), root / f"{step_dir_name(step)}.tmp"
     if dist.get_rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob("*.tmp"):

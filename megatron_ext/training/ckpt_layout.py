@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from megatron.core.dist_checkpointing.dict_utils import dict_list_map_outplace, nested_values
+from megatron.core.dist_checkpointing.mapping import ShardedBase, ShardedObject, ShardedTensor, ShardedTensorFactory
+
 _MARK = "decoder.layers."
 
 
@@ -20,8 +23,6 @@ def _relabel_key(key: str, layer: int) -> str:
 
 
 def _relabel(sh):
-    from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
-
     if isinstance(sh, ShardedTensor) and _MARK in sh.key and sh.prepend_axis_num >= 1:
         layer = sh.global_offset[0]
         return dataclasses.replace(
@@ -37,45 +38,24 @@ def _relabel(sh):
         build = sh.build_fn
 
         def build_fn(*args, **kwargs):
-            return _walk(build(*args, **kwargs))
+            return per_layer(build(*args, **kwargs))
 
         # a factory key must be unique too: the layer comes from the tensors it builds
-        built = _walk(build(sh.key, sh.data, sh.replica_id, sh.flattened_range))
-        layer_key = next(iter(_leaves(built))).key
+        built = per_layer(build(sh.key, sh.data, sh.replica_id, sh.flattened_range))
+        layer_key = next(nested_values({"built": built})).key  # a dict, a list or one tensor
         return dataclasses.replace(sh, key=layer_key.rsplit(".", 1)[0] + "." + sh.key.rsplit(".", 1)[1],
                                    build_fn=build_fn)
     return sh
 
 
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _leaves(v)
-    elif isinstance(tree, (list, tuple)):
-        for v in tree:
-            yield from _leaves(v)
-    else:
-        yield tree
-
-
-def _walk(tree):
-    if isinstance(tree, dict):
-        return {k: _walk(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_walk(v) for v in tree]
-    return _relabel(tree)
-
-
 def per_layer(sharded_state_dict: dict) -> dict:
     """The model's sharded state dict with layer-stacked entries split per global layer."""
-    return _walk(sharded_state_dict)
+    return dict_list_map_outplace(_relabel, sharded_state_dict)
 
 
 def mark_pipeline_replicas(sharded_state_dict: dict, params, pp_rank: int) -> dict:
     """Entries of parameters every pipeline stage holds a replica of (VLoRA's generator): the
     same key on every stage, so only stage 0's copy is the main replica."""
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor
-
     ids = {id(p) for p in params}
     if not ids or pp_rank == 0:
         return sharded_state_dict
@@ -86,30 +66,16 @@ def mark_pipeline_replicas(sharded_state_dict: dict, params, pp_rank: int) -> di
             return dataclasses.replace(sh, replica_id=(pp_rank,) + tuple(rid[1:]))
         return sh
 
-    def walk(tree):
-        if isinstance(tree, dict):
-            return {k: walk(v) for k, v in tree.items()}
-        return mark(tree)
-
-    return walk(sharded_state_dict)
+    return dict_list_map_outplace(mark, sharded_state_dict)
 
 
 def strip_wrapper_prefix(sharded_state_dict: dict, prefix: str = "lm.") -> dict:
     """Checkpoint keys of a VisionLanguageModel's LLM without the wrapper's `lm.`: the LLM's
     tensors keep one name whether or not a vision tower is attached (S1 on features -> S2 on
     images). Only the stored keys change; the dict keys still match the module's state_dict."""
-    from megatron.core.dist_checkpointing.mapping import ShardedBase
-
     def strip(sh):
         if isinstance(sh, ShardedBase) and sh.key.startswith(prefix):
             return dataclasses.replace(sh, key=sh.key[len(prefix):])
         return sh
 
-    def walk(tree):
-        if isinstance(tree, dict):
-            return {k: walk(v) for k, v in tree.items()}
-        if isinstance(tree, list):
-            return [walk(v) for v in tree]
-        return strip(tree)
-
-    return walk(sharded_state_dict)
+    return dict_list_map_outplace(strip, sharded_state_dict)
