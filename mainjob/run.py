@@ -26,6 +26,7 @@ from pathlib import Path
 from mainjob import assets, data, dry_run, inference, report, training
 from mainjob.proc import StepFailed
 from mainjob.settings import METHODS, SIZES
+from megatron_ext.model_card import write_model_card
 from pvcommon.argparser import ArgumentParser
 from pvcommon.errors import UserError
 from pvcommon.errors import report as report_error
@@ -67,6 +68,7 @@ def main_job(method: str, size_name: str, out_root: Path, echo: bool = True) -> 
                     data_summary["manifest"], llm, tower, echo=echo)
     hf_dir, _ = timed("export", inference.export, out, trained[stages[-1]]["run_dir"], llm, echo=echo)
     evaluation = timed("held-out test questions", inference.evaluate, out, hf_dir, size.test_questions, echo=echo)
+    write_model_card(hf_dir, method, trained[stages[-1]]["run_dir"], Path(evaluation["results"]).with_suffix(".json"))
     image_path, question, truth = inference.held_out_question()
     held_out = timed("answer a held-out question", inference.answer, hf_dir, image_path, question)
 

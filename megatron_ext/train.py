@@ -25,6 +25,7 @@ import yaml
 from megatron_ext.device import host_tensor, place_model
 from megatron_ext.hf.decoder import load_llm
 from megatron_ext.training.config import ConfigError, TrainConfig, load_config, num_microbatches, validate
+from megatron_ext.training.dry_run import describe
 from pvcommon.argparser import ArgumentParser
 from pvcommon import lifetime  # at import: a writer a worker spawns takes its guard
 
@@ -243,7 +244,6 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:
-            from megatron_ext.training.dry_run import describe
             if cfg.model.llm_weights:
                 _check_llm_weights(cfg)
             plan = describe(cfg, args.world_size or int(os.environ.get("WORLD_SIZE", "1")))
