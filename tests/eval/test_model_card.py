@@ -106,3 +106,29 @@ def test_cli_rewrites_the_card_and_refuses_bad_paths(export_copy, two_stages, ca
     with pytest.raises(SystemExit) as e:
         main([str(results.parent)])
     assert e.value.code == 2 and "no config.json" in capsys.readouterr().err
+
+
+def test_the_main_job_writes_its_exports_card_with_the_held_out_scores(export_copy, two_stages, tmp_path, monkeypatch):
+    """mainjob/run.py after its evaluation: the export's card carries the stage chain and the scores
+    (every step of the job but the card is replaced by what it would have returned)."""
+    from mainjob import assets, data, inference, report, run
+
+    s2, results = two_stages
+    evaluation = tmp_path / "report" / "evaluation"
+    evaluation.mkdir(parents=True)
+    shutil.copy(results, evaluation / "results.json")
+    for name in ("llm", "vision_tower", "captioner"):
+        monkeypatch.setattr(assets, name, lambda root: root)
+    monkeypatch.setattr(data, "build", lambda *a, **k: dict(input=1, kept=1, dropped=0, dropped_by_reason={},
+                                                            manifest=str(tmp_path / "shards" / "manifest.json")))
+    monkeypatch.setattr(run.training, "train", lambda out, method, stages, *a, **k: {stages[-1]: dict(run_dir=str(s2))})
+    monkeypatch.setattr(inference, "export", lambda *a, **k: (export_copy, 0.0))
+    monkeypatch.setattr(inference, "evaluate", lambda *a, **k: dict(results=str(evaluation / "results.md")))
+    monkeypatch.setattr(inference, "held_out_question", lambda: ("image.png", "what?", "red"))
+    monkeypatch.setattr(inference, "answer", lambda *a, **k: {})
+    monkeypatch.setattr(report, "stage_rows", lambda trained: [])
+    monkeypatch.setattr(report, "write", lambda *a, **k: None)
+    run.main_job("vlora", "smallest", tmp_path / "main", echo=False)
+    card = (export_copy / "README.md").read_text()
+    assert "method: `vlora`" in card and "| s2 | 2 / 4 |" in card
+    assert "| easy-VQA greedy accuracy, matched images | 0.812 |" in card
