@@ -24,7 +24,20 @@ def train_dtype(cfg: TrainConfig) -> torch.dtype:
 
 def config_overrides(cfg: TrainConfig) -> dict:
     """TransformerConfig settings that come from the training config."""
-    return {"fp8": cfg.train.fp8} if cfg.train.fp8 else {}
+    out = {"fp8": cfg.train.fp8} if cfg.train.fp8 else {}
+    out.update(RECOMPUTE[cfg.train.recompute])
+    for key, value in (("num_layers_in_first_pipeline_stage", cfg.train.first_stage_layers),
+                       ("num_layers_in_last_pipeline_stage", cfg.train.last_stage_layers)):
+        if value is not None and cfg.parallel.pipeline > 1:
+            out[key] = value
+    return out
+
+
+# train.recompute -> Megatron's settings: full recomputes each layer (one per unit); the
+# conditioning reaches the recomputed layers (core/context.py). selective: core attention only
+RECOMPUTE = {None: {}, "full": dict(recompute_granularity="full", recompute_method="uniform",
+                                    recompute_num_layers=1),
+             "selective": dict(recompute_granularity="selective")}
 
 
 def default_trainable(method: str, stage: str) -> list[str]:
