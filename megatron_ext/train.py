@@ -149,11 +149,11 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
             log.info("resumed from %s at step %d", resume_from, start)
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()} if keep_model else None
-    from megatron_ext.training.mfu import mfu, peak_flops_total, train_flops_per_sample
+    from megatron_ext.training.mfu import mfu, peak_flops_total, run_flops_per_sample
     in_sequence = image_tokens(cfg, preset)  # the image's tokens where they are in the sequence
     visual_tokens = in_sequence or (cfg.data.visual_tokens if cfg.data.kind == "synthetic" else 0)
     seq = cfg.data.seq_length + in_sequence
-    sample_flops = train_flops_per_sample(preset, cfg.model.method, cfg.data.seq_length, visual_tokens)
+    sample_flops = run_flops_per_sample(cfg, preset, trainable, visual_tokens)
     peak = peak_flops_total(dist.get_world_size())
     metrics = Metrics(run_dir, cfg, cfg.train.steps, start, enabled=rank0)
     preempt = _Preemption()

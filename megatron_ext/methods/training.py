@@ -7,6 +7,7 @@ import torch
 from megatron.core import parallel_state as ps
 
 from megatron_ext.core.presets import resolve_preset
+from megatron_ext.core.specs import resolve_backend
 from megatron_ext.core.vlm import VisionLanguageModel
 from megatron_ext.methods.registry import get_method, method_names
 from megatron_ext.methods.spec import MethodSpec
@@ -26,6 +27,9 @@ def config_overrides(cfg: TrainConfig) -> dict:
     """TransformerConfig settings that come from the training config."""
     out = {"fp8": cfg.train.fp8} if cfg.train.fp8 else {}
     out.update(RECOMPUTE[cfg.train.recompute])
+    if torch.cuda.is_available() and resolve_backend(cfg.model.backend) == "te":
+        # TE adds weight gradients straight into Megatron DDP's fp32 main_grad (no extra buffer)
+        out["gradient_accumulation_fusion"] = True
     for key, value in (("num_layers_in_first_pipeline_stage", cfg.train.first_stage_layers),
                        ("num_layers_in_last_pipeline_stage", cfg.train.last_stage_layers)):
         if value is not None and cfg.parallel.pipeline > 1:
