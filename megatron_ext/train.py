@@ -87,7 +87,7 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     from megatron_ext.training import checkpoint, megatron_cpu, optim, stages
     from megatron_ext.training.grads import make_finalize
     from megatron_ext.training.metrics import Metrics, peak_memory_gib
-    from megatron_ext.training.step import NonFiniteLoss, train_step
+    from megatron_ext.training.step import MicroBatches, NonFiniteLoss, train_step
 
     from megatron_ext.training import preflight
 
@@ -163,7 +163,7 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
         while step < cfg.train.steps:
             step += 1
             t0 = time.perf_counter()
-            batches = [loader.next_microbatch() for _ in range(nmb)]
+            batches = MicroBatches(loader, nmb)  # each decoded when the schedule reaches it
             out = train_step(ddp, optimizer, scheduler, batches, step, nan=cfg.debug.nan_at_step == step)
             dt = time.perf_counter() - t0
             losses.append(out["loss"])
