@@ -30,10 +30,20 @@ def config_overrides(cfg: TrainConfig) -> dict:
     if torch.cuda.is_available() and resolve_backend(cfg.model.backend) == "te":
         # TE adds weight gradients straight into Megatron DDP's fp32 main_grad (no extra buffer)
         out["gradient_accumulation_fusion"] = True
-    for key, value in (("num_layers_in_first_pipeline_stage", cfg.train.first_stage_layers),
-                       ("num_layers_in_last_pipeline_stage", cfg.train.last_stage_layers)):
-        if value is not None and cfg.parallel.pipeline > 1:
-            out[key] = value
+    if cfg.parallel.pipeline > 1:
+        from megatron_ext.training.pipeline_balance import default_stage_layers
+
+        preset = resolve_preset(cfg.model.preset)
+        spec = get_method(cfg.model.method)
+        try:
+            in_sequence = spec.image_tokens(cfg, preset)
+        except Exception:  # noqa: BLE001 - the method's check reports a bad vision setting
+            in_sequence = 0
+        first, last = default_stage_layers(cfg, preset, trainable_groups(cfg), in_sequence)
+        for key, value in (("num_layers_in_first_pipeline_stage", first),
+                           ("num_layers_in_last_pipeline_stage", last)):
+            if value is not None:
+                out[key] = value
     return out
 
 

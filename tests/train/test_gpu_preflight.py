@@ -70,3 +70,35 @@ def test_stage_layer_counts_megatron_refuses_are_one_line():
     with pytest.raises(ConfigError, match=f"train.first_stage_layers={layers}, .*of {layers} layers: Mismatch"):
         preflight.check(_cfg("parallel.pipeline=2", f"train.first_stage_layers={layers}"), 2)
     assert preflight.check(_cfg("parallel.pipeline=2", "train.first_stage_layers=1"), 2) == 1
+
+
+def test_stage_split_follows_the_estimated_costs():
+    from megatron_ext.training.pipeline_balance import StageCosts, split
+
+    assert split(28, 2, StageCosts(layer=1.0, first=0.0, last=0.0)) == (14, 14)
+    assert split(28, 2, StageCosts(layer=1.0, first=4.0, last=0.0)) == (12, 16)  # a tower on stage 0
+    assert split(28, 2, StageCosts(layer=1.0, first=0.0, last=2.0)) == (15, 13)  # the LM head at the end
+    first, last = split(28, 4, StageCosts(layer=1.0, first=3.0, last=1.0))
+    assert (28 - first - last) % 2 == 0 and max(first + 3, last + 1, (28 - first - last) / 2) <= 8.5
+
+
+def test_7b_rose_default_split_offloads_a_trained_tower(tmp_path):
+    import json
+
+    from megatron_ext.core.presets import load_preset
+    from megatron_ext.training.pipeline_balance import default_stage_layers, stage_costs
+
+    tower = tmp_path / "siglip2"
+    tower.mkdir()  # SigLIP2-so400m at 384 px: 729 tokens
+    (tower / "config.json").write_text(json.dumps(dict(hidden_size=1152, num_hidden_layers=27,
+                                                       intermediate_size=4304, patch_size=14)))
+    preset = load_preset("qwen2.5-7b-rose")
+    cfg = _cfg("parallel.pipeline=2", "data.seq_length=512", "data.image_size=384", "data.kind=webdataset",
+               "data.manifest=m.json", f"model.vision_weights={tower}")
+    s2 = default_stage_layers(cfg, preset, ["generator", "vision"])
+    costs = stage_costs(cfg, preset, ["generator", "vision"])
+    assert costs.first > costs.layer and costs.last > costs.layer  # both ends carry more than a layer
+    assert s2[0] < 14 and s2[0] + s2[1] == 28  # the trained tower's backward moves layers off stage 0
+    own = _cfg("parallel.pipeline=2", "train.first_stage_layers=10")
+    assert default_stage_layers(own, preset, ["generator"]) == (10, None)  # the config wins
+    assert default_stage_layers(_cfg("parallel.pipeline=2"), load_preset("tiny"), ["generator"]) == (None, None)
