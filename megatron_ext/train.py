@@ -88,7 +88,7 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     from megatron_ext.training import checkpoint, megatron_cpu, optim, stages
     from megatron_ext.training.grads import make_finalize
     from megatron_ext.training.metrics import Metrics, peak_memory_gib
-    from megatron_ext.training.step import NonFiniteLoss, train_step
+    from megatron_ext.training.step import MicroBatches, NonFiniteLoss, train_step
 
     from megatron_ext.training import preflight
 
@@ -150,11 +150,11 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
             log.info("resumed from %s at step %d", resume_from, start)
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()} if keep_model else None
-    from megatron_ext.training.mfu import mfu, peak_flops_total, train_flops_per_sample
+    from megatron_ext.training.mfu import mfu, peak_flops_total, run_flops_per_sample
     in_sequence = image_tokens(cfg, preset)  # the image's tokens where they are in the sequence
     visual_tokens = in_sequence or (cfg.data.visual_tokens if cfg.data.kind == "synthetic" else 0)
     seq = cfg.data.seq_length + in_sequence
-    sample_flops = train_flops_per_sample(preset, cfg.model.method, cfg.data.seq_length, visual_tokens)
+    sample_flops = run_flops_per_sample(cfg, preset, trainable, visual_tokens)
     peak = peak_flops_total(dist.get_world_size())
     metrics = Metrics(run_dir, cfg, cfg.train.steps, start, enabled=rank0)
     preempt = _Preemption()
@@ -164,7 +164,7 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
         while step < cfg.train.steps:
             step += 1
             t0 = time.perf_counter()
-            batches = [loader.next_microbatch() for _ in range(nmb)]
+            batches = MicroBatches(loader, nmb)  # each decoded when the schedule reaches it
             out = train_step(ddp, optimizer, scheduler, batches, step, nan=cfg.debug.nan_at_step == step)
             dt = time.perf_counter() - t0
             losses.append(out["loss"])

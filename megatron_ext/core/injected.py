@@ -49,6 +49,10 @@ class InjectedGPTModel(MegatronModule):
         for module in self.language_model.modules():
             if isinstance(module, ConditionedLayer):
                 module.context = self.conditioning
+        for layer in self.language_model.decoder.layers:  # full recompute: values carried per layer
+            if any(isinstance(m, ConditionedLayer) for m in layer.modules()):
+                layer.register_forward_pre_hook(self.conditioning.bind, with_kwargs=True)
+                layer.register_forward_hook(self.conditioning.unbind, always_call=True)
 
     def equip(self, layer_number: int, spec: ModuleSpec) -> ModuleSpec:
         raise NotImplementedError
@@ -64,8 +68,18 @@ class InjectedGPTModel(MegatronModule):
         return self.generator(visual_features) if self.generator is not None else {}
 
     def forward(self, input_ids, position_ids, attention_mask, visual_features, labels=None, **kwargs):
-        with self.conditioning.use(self.conditioning_for(visual_features)):
-            return self.language_model(input_ids, position_ids, attention_mask, labels=labels, **kwargs)
+        return self.run_decoder(self.conditioning_for(visual_features), input_ids, position_ids,
+                                attention_mask, labels=labels, **kwargs)
+
+    def run_decoder(self, values: dict, *args, **kwargs):
+        """The GPTModel's forward with `values` as this micro-batch's conditioning. Under full
+        activation recompute the layers rerun their forward in the backward, after this returns:
+        the values then travel with the layers' inputs (ConditioningContext, carry)."""
+        recompute = self.config.recompute_granularity == "full" and self.training and torch.is_grad_enabled()
+        with self.conditioning.use(values, carry=recompute and bool(values)) as block_kwargs:
+            if block_kwargs:
+                kwargs["extra_block_kwargs"] = {**(kwargs.get("extra_block_kwargs") or {}), **block_kwargs}
+            return self.language_model(*args, **kwargs)
 
     # -- what the training loop asks of every model (train.py, training/*) ----------------------
     @property

@@ -27,22 +27,25 @@ _logged = set()
 
 
 def resolve_backend(backend: str = "auto") -> str:
-    """'auto' picks Transformer Engine when it imports and a GPU is present, else local layers."""
+    """'auto' picks Transformer Engine when its PyTorch extension imports and a GPU is present, else
+    local layers. The top package alone imports without the compiled extension (a failed
+    transformer-engine-torch build), which then fails at the first layer."""
     choice = backend
+    why = ""
     if backend == "auto":
         choice = "local"
         if torch.cuda.is_available():
             try:
-                import transformer_engine  # noqa: F401
+                import transformer_engine.pytorch  # noqa: F401
                 choice = "te"
-            except ImportError:
-                pass
+            except (ImportError, OSError, RuntimeError) as e:  # missing or mismatched extension
+                why = f"; transformer_engine.pytorch does not import: {e}"
     if choice not in ("local", "te"):
         raise ValueError(f"backend={backend!r}: choose 'auto', 'local' or 'te'")
     if (backend, choice) not in _logged:
         _logged.add((backend, choice))
-        log.info("linear layers: %s (requested %s)", "Transformer Engine" if choice == "te"
-                 else "Megatron-Core local", backend)
+        log.info("linear layers: %s (requested %s)%s", "Transformer Engine" if choice == "te"
+                 else "Megatron-Core local", backend, why)
     return choice
 
 

@@ -44,7 +44,7 @@ class VisionLanguageModel(LLMWrapper):
         if self.vision is not None:
             feats = self.encode(pixel_values, **(vision_inputs or {}))
             if self.consumers:
-                feature_exchange.send_features(feats, self.consumers)
+                feature_exchange.send_features(feats, self.consumers, hint=input_ids.shape)
             out = self.lm(input_ids, position_ids, attention_mask, feats, labels=labels, **kwargs)
             if self.consumers and self.train_vision and torch.is_grad_enabled():
                 out = feature_exchange.collect_feature_grads(out, feats, self.consumers)
@@ -53,5 +53,6 @@ class VisionLanguageModel(LLMWrapper):
         if self.stage in self.consumers:
             feats = feature_exchange.recv_features(
                 self.config.params_dtype, torch.cuda.current_device() if torch.cuda.is_available()
-                else torch.device("cpu"), with_grad=self.train_vision and torch.is_grad_enabled())
+                else torch.device("cpu"), with_grad=self.train_vision and torch.is_grad_enabled(),
+                hint=input_ids.shape)
         return self.lm(input_ids, position_ids, attention_mask, feats, labels=labels, **kwargs)

@@ -7,6 +7,7 @@ import torch
 from megatron.core import parallel_state as ps
 
 from megatron_ext.core.presets import resolve_preset
+from megatron_ext.core.specs import resolve_backend
 from megatron_ext.core.vlm import VisionLanguageModel
 from megatron_ext.methods.registry import get_method, method_names
 from megatron_ext.methods.spec import MethodSpec
@@ -24,7 +25,33 @@ def train_dtype(cfg: TrainConfig) -> torch.dtype:
 
 def config_overrides(cfg: TrainConfig) -> dict:
     """TransformerConfig settings that come from the training config."""
-    return {"fp8": cfg.train.fp8} if cfg.train.fp8 else {}
+    out = {"fp8": cfg.train.fp8} if cfg.train.fp8 else {}
+    out.update(RECOMPUTE[cfg.train.recompute])
+    if torch.cuda.is_available() and resolve_backend(cfg.model.backend) == "te":
+        # TE adds weight gradients straight into Megatron DDP's fp32 main_grad (no extra buffer)
+        out["gradient_accumulation_fusion"] = True
+    if cfg.parallel.pipeline > 1:
+        from megatron_ext.training.pipeline_balance import default_stage_layers
+
+        preset = resolve_preset(cfg.model.preset)
+        spec = get_method(cfg.model.method)
+        try:
+            in_sequence = spec.image_tokens(cfg, preset)
+        except Exception:  # noqa: BLE001 - the method's check reports a bad vision setting
+            in_sequence = 0
+        first, last = default_stage_layers(cfg, preset, trainable_groups(cfg), in_sequence)
+        for key, value in (("num_layers_in_first_pipeline_stage", first),
+                           ("num_layers_in_last_pipeline_stage", last)):
+            if value is not None:
+                out[key] = value
+    return out
+
+
+# train.recompute -> Megatron's settings: full recomputes each layer (one per unit); the
+# conditioning reaches the recomputed layers (core/context.py). selective: core attention only
+RECOMPUTE = {None: {}, "full": dict(recompute_granularity="full", recompute_method="uniform",
+                                    recompute_num_layers=1),
+             "selective": dict(recompute_granularity="selective")}
 
 
 def default_trainable(method: str, stage: str) -> list[str]:

@@ -25,13 +25,40 @@ import torch.distributed as dist
 
 from megatron_ext.training.ckpt_layout import mark_pipeline_replicas, per_layer, strip_wrapper_prefix
 from megatron_ext.training.grads import pipeline_replicated_params
+from megatron_ext.training.optim import synced_parameters
 
 log = logging.getLogger(__name__)
-# The distributed optimizer's state in canonical (per-parameter, model-space) form, gathered over
-# DP through Megatron's gloo groups: reshardable in TP/PP/DP, and the only non-deprecated format
-# whose gather runs without CUDA ("fully_sharded_model_space" fails in 0.16 on flattened ranges).
+# The distributed optimizer's state, two ways (docs/GPU.md, "Checkpoints"):
+# - CPU/gloo: canonical (per-parameter, model-space) form, gathered over DP onto DP rank 0 through
+#   Megatron's gloo groups: reshardable in TP/PP/DP, and the only non-deprecated format whose
+#   gather runs without CUDA ("fully_sharded_model_space" fails in 0.16 on flattened ranges).
+# - CUDA: each DP rank writes its own shard of the flat buffers (Megatron-LM's default): no gather,
+#   no DP rank 0 holding the whole state, every rank writes at once; the state resumes at the same
+#   TP/PP only (weights still load at any layout: load_weights).
+# A checkpoint records its format (content metadata), so either loads wherever it resumes.
 OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable",
                   "distrib_optim_fully_reshardable_mem_efficient": True}
+PARALLEL_OPTIM_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+
+def _parallel_save() -> bool:
+    return torch.cuda.is_available()
+
+
+def optimizer_format() -> dict:
+    return dict(PARALLEL_OPTIM_METADATA if _parallel_save() else OPTIM_METADATA)
+
+
+def _save_strategy():
+    """Megatron's fully parallel save on CUDA: the replicated tensors' writes spread over DP ranks."""
+    if not _parallel_save():
+        return None
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
+
+    return FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy(),
+                                            ps.get_data_parallel_group(with_context_parallel=True))
 
 
 def step_dir_name(step: int) -> str:
@@ -69,7 +96,8 @@ def _model_state(model) -> dict:
     return mark_pipeline_replicas(sd, pipeline_replicated_params(model, trainable_only=False), pp)
 
 
-def _state(model, optimizer, scheduler, loader, step: int, is_loading: bool, extra: dict) -> dict:
+def _state(model, optimizer, scheduler, loader, step: int, is_loading: bool, extra: dict,
+           optim_format: dict | None = None) -> dict:
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     tp, pp, dp_rank, dp = _ranks()
@@ -78,7 +106,7 @@ def _state(model, optimizer, scheduler, loader, step: int, is_loading: bool, ext
     state = {"model": model_sd, "step": step, "extra": extra}
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
-                                                          metadata=OPTIM_METADATA)
+                                                          metadata=optim_format or OPTIM_METADATA)
         state["scheduler"] = scheduler.state_dict()
         # one loader position per DP rank (replicated over TP/PP), one RNG state per process
         state["loader"] = ShardedObject("loader", None if is_loading else loader.state_dict(),
@@ -100,7 +128,10 @@ def save(root: Path, step: int, model, optimizer, scheduler, loader, extra: dict
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     dist.barrier()
-    dist_checkpointing.save(_state(model, optimizer, scheduler, loader, step, False, extra), str(tmp))
+    fmt = optimizer_format()
+    with synced_parameters(optimizer):  # the step's weights, also with the all-gather overlapped
+        dist_checkpointing.save(_state(model, optimizer, scheduler, loader, step, False, extra, fmt), str(tmp),
+                                sharded_strategy=_save_strategy(), content_metadata=fmt)
     if die_midway:  # fault injection (tests): the data is written, nothing is renamed yet
         log.error("debug.die_in_save_at_step=%d: exiting in the middle of the save", step)
         raise SystemExit(17)  # (not os._exit: that strands the checkpoint writer's children)
@@ -161,9 +192,11 @@ def load(path: Path, model, optimizer, scheduler, loader) -> dict:
     from megatron.core import dist_checkpointing
 
     _materialise_optimizer_state(optimizer)
-    state = dist_checkpointing.load(_state(model, optimizer, scheduler, loader, 0, True, {}), str(path))
+    fmt = dist_checkpointing.load_content_metadata(str(path)) or OPTIM_METADATA  # older: the gloo format
+    state = dist_checkpointing.load(_state(model, optimizer, scheduler, loader, 0, True, {}, fmt), str(path))
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    with torch.no_grad():  # the per-rank format copies into fp32 main params that view the weights
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     loader.load_state_dict(state["loader"])
     set_rng_state(state["rng"])

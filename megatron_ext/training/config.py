@@ -56,6 +56,11 @@ class TrainSection:
     seed: int = 1234
     dtype: str = "auto"                  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     fp8: Optional[str] = None            # e.g. "hybrid" on GPUs with Transformer Engine FP8
+    # GPU memory and pipeline balance (docs/GPU.md)
+    recompute: Optional[str] = None      # full: every layer's activations recomputed in the backward;
+    #                                      selective: core attention only; None: keep all
+    first_stage_layers: Optional[int] = None  # decoder layers on the first pipeline stage (which also
+    last_stage_layers: Optional[int] = None   # runs the tower, generator); None: from a cost estimate
 
 
 @dataclass

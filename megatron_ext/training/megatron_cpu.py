@@ -68,16 +68,17 @@ def _patch_torch_adam_state() -> None:
     set_states, load_state_dict = cls._set_main_param_and_optimizer_states, cls.load_state_dict
 
     def _set_main_param_and_optimizer_states(self, model_param, tensors):
-        if "step" not in tensors:
-            group_index, group_order = self.model_param_group_index_map[model_param]
-            main_param = self.optimizer.param_groups[group_index]["params"][group_order]
-            step = self.optimizer.state[main_param].pop("step", None)
-            try:
-                return set_states(self, model_param, tensors)
-            finally:
-                if step is not None:
-                    self.optimizer.state[main_param]["step"] = step
-        return set_states(self, model_param, tensors)
+        # the step comes from the saved param_groups (load_state_dict set it already); a per-rank
+        # (dp_reshardable) checkpoint hands back the current, not the saved, per-parameter step
+        tensors = {k: v for k, v in tensors.items() if k != "step"}
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+        step = self.optimizer.state[main_param].pop("step", None)
+        try:
+            return set_states(self, model_param, tensors)
+        finally:
+            if step is not None:
+                self.optimizer.state[main_param]["step"] = step
 
     def _load_state_dict(self, state_dict):
         load_state_dict(self, state_dict)

@@ -35,20 +35,40 @@ def match_trainable_dtype(model: torch.nn.Module, dtype: torch.dtype) -> list[st
     return cast
 
 
+def overlap_settings(cfg: TrainConfig, on_cuda: bool, pipeline_replicas: bool) -> dict:
+    """What Megatron-LM turns on for speed on GPUs, where it applies here: the gradient reduction
+    overlapped with the backward (bucket by bucket as gradients are ready) and, with the
+    distributed optimizer, the parameter all-gather overlapped with the next forward. On CPU/gloo
+    (tests, dev) one reduction after the last micro-batch. Not with parameters every pipeline stage
+    holds a replica of (VLoRA's generator at PP > 1): their gradients are summed over the pipeline
+    before the data-parallel reduction (training/grads.py), which an overlapped reduction would
+    start before."""
+    overlap = on_cuda and not pipeline_replicas
+    return dict(overlap_grad_reduce=overlap, overlap_param_gather=overlap and cfg.optim.distributed)
+
+
 def wrap_ddp(model: torch.nn.Module, cfg: TrainConfig):
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    from megatron_ext.training.grads import pipeline_replicated_params
 
     cast = match_trainable_dtype(model, model.config.params_dtype)
     if cast:
         log.info("trainable parameters cast to %s for the optimizer: %d tensors (%s%s)",
                  model.config.params_dtype, len(cast), ", ".join(cast[:3]), ", ..." if len(cast) > 3 else "")
     megatron_cpu.mark_params(model)
+    overlap = overlap_settings(cfg, torch.cuda.is_available(), bool(pipeline_replicated_params(model)))
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,                      # main grads in fp32 under bf16 too
         use_distributed_optimizer=cfg.optim.distributed,
-        overlap_grad_reduce=False,                    # one reduction after the last micro-batch
-        bucket_size=None)
-    return DistributedDataParallel(model.config, ddp_config, model)
+        bucket_size=None, **overlap)
+    ddp = DistributedDataParallel(model.config, ddp_config, model)
+    if overlap["overlap_grad_reduce"]:
+        # as Megatron-LM's training loop: the schedule holds the reduction back until the last
+        # micro-batch's backward (no_sync) and starts it per pipeline stage (grad_sync)
+        model.config.no_sync_func = ddp.no_sync
+        model.config.grad_sync_func = ddp.start_grad_sync
+    return ddp
 
 
 def build_optimizer(ddp_model, cfg: TrainConfig, dtype: torch.dtype):
@@ -59,8 +79,31 @@ def build_optimizer(ddp_model, cfg: TrainConfig, dtype: torch.dtype):
         optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
         adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2, adam_eps=o.adam_eps,
         clip_grad=o.clip_grad, bf16=dtype == torch.bfloat16, params_dtype=dtype,
-        use_distributed_optimizer=o.distributed)
+        use_distributed_optimizer=o.distributed,
+        overlap_param_gather=ddp_model.ddp_config.overlap_param_gather)  # as the DDP's
     return get_megatron_optimizer(config, [ddp_model])
+
+
+def synced_parameters(optimizer):
+    """Context for reading the model's parameters after a step (a checkpoint save): with the
+    parameter all-gather overlapped, the model holds the previous step's values until the next
+    forward gathers them; this gathers them now and re-arms the overlap afterwards."""
+    chunks = [c for opt in getattr(optimizer, "chained_optimizers", [optimizer])
+              for c in getattr(opt, "model_chunks", []) if getattr(c, "use_forward_hook", False)]
+    return _Synced(list({id(c): c for c in chunks}.values()))
+
+
+class _Synced:
+    def __init__(self, chunks):
+        self.chunks = chunks
+
+    def __enter__(self):
+        for c in self.chunks:
+            c.disable_forward_pre_hook(param_sync=True)
+
+    def __exit__(self, *exc):
+        for c in self.chunks:
+            c.enable_forward_pre_hook()
 
 
 def build_scheduler(optimizer, cfg: TrainConfig):

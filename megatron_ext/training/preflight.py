@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 from megatron_ext.training.config import ConfigError, TrainConfig, validate
@@ -23,12 +24,21 @@ def _preset(cfg: TrainConfig) -> dict:
                           f"configs/model/ or a YAML path)") from None
 
 
-def _method_settings(cfg: TrainConfig, preset: dict) -> None:
-    """The method's own start-up validation (e.g. ROSE's blocks against TP), run on a
-    TransformerConfig of the run's TP/PP sizes instead of inside the model's constructor."""
+def _transformer_config(cfg: TrainConfig, preset: dict):
+    """The run's TransformerConfig at its TP/PP sizes (Megatron's own checks: stage layer counts...)."""
     import torch
 
     from megatron_ext.core.llm_config import qwen2_transformer_config
+    from megatron_ext.methods.training import config_overrides
+
+    overrides = {k: v for k, v in config_overrides(cfg).items() if k != "fp8"}  # FP8 needs TE: GPU side
+    return qwen2_transformer_config(preset["llm"], cfg.parallel.tensor, cfg.parallel.pipeline,
+                                    torch.float32, **{**preset.get("transformer", {}), **overrides})
+
+
+def _method_settings(cfg: TrainConfig, preset: dict) -> None:
+    """The method's own start-up validation (e.g. ROSE's blocks against TP), run on a
+    TransformerConfig of the run's TP/PP sizes instead of inside the model's constructor."""
     from megatron_ext.methods import get_method
 
     try:
@@ -36,15 +46,74 @@ def _method_settings(cfg: TrainConfig, preset: dict) -> None:
     except ValueError as e:
         raise ConfigError(f"model.method: {e}") from None
     try:
+        tcfg = _transformer_config(cfg, preset)
+    except (ValueError, AssertionError) as e:
+        t = cfg.train
+        stages = (f", train.first_stage_layers={t.first_stage_layers}, train.last_stage_layers="
+                  f"{t.last_stage_layers} of {preset['llm']['num_layers']} layers"
+                  if t.first_stage_layers or t.last_stage_layers else "")
+        raise ConfigError(f"model.preset={cfg.model.preset} with parallel.tensor={cfg.parallel.tensor}, "
+                          f"parallel.pipeline={cfg.parallel.pipeline}{stages}: {e}") from None
+    try:
         settings = spec.config(preset)  # the method's settings from the preset (None: nothing to check)
         if settings is None or not hasattr(settings, "validate"):
             return
-        tcfg = qwen2_transformer_config(preset["llm"], cfg.parallel.tensor, cfg.parallel.pipeline,
-                                        torch.float32, **preset.get("transformer", {}))
         settings.validate(tcfg)
     except (ValueError, TypeError, AssertionError) as e:
         raise ConfigError(f"model.preset={cfg.model.preset} with parallel.tensor={cfg.parallel.tensor}, "
                           f"parallel.pipeline={cfg.parallel.pipeline}: {e}") from None
+
+
+# selective recompute of these reruns a submodule in the backward, outside its layer's forward,
+# where the per-image conditioning is no longer bound (full recompute carries it: core/context.py)
+_UNCONDITIONED_RECOMPUTE = {"mlp", "moe", "shared_experts"}
+
+
+def _recompute(cfg: TrainConfig, preset: dict) -> None:
+    from megatron_ext.methods.training import RECOMPUTE
+
+    if cfg.train.recompute not in RECOMPUTE:
+        raise ConfigError(f"train.recompute={cfg.train.recompute}: use full, selective, or leave it unset")
+    settings = {**preset.get("transformer", {}), **RECOMPUTE[cfg.train.recompute]}
+    modules = set(settings.get("recompute_modules") or ())
+    if settings.get("recompute_granularity") == "selective" and modules & _UNCONDITIONED_RECOMPUTE:
+        raise ConfigError(f"recompute_modules {sorted(modules & _UNCONDITIONED_RECOMPUTE)} (model.preset="
+                          f"{cfg.model.preset}) reruns the MLP where the method's per-image weights are not "
+                          "available: use train.recompute=full, or selective with core_attn/layernorm only")
+
+
+def _fp8_shapes(cfg: TrainConfig, preset: dict) -> None:
+    """Transformer Engine's FP8 GEMMs (assert_dim_for_fp8_exec) need every linear's input to have
+    rows (tokens of a micro-batch) divisible by 8 and a width divisible by 16: refused here with
+    the numbers instead of an assertion inside the first forward."""
+    if not cfg.train.fp8:
+        return
+    from megatron_ext.data.loader import image_tokens
+
+    try:
+        in_sequence = image_tokens(cfg, preset)
+    except Exception:  # noqa: BLE001 - the method's own check reports a bad vision setting
+        in_sequence = 0
+    seq = cfg.data.seq_length + in_sequence
+    rows = seq * cfg.train.micro_batch_size
+    if rows % 8:
+        step = 8 // math.gcd(8, cfg.train.micro_batch_size)
+        fix = cfg.data.seq_length + (-seq) % step
+        raise ConfigError(
+            f"train.fp8: Transformer Engine's FP8 GEMMs need the tokens of a micro-batch divisible by 8, "
+            f"but sequence {seq} ({cfg.data.seq_length} text + {in_sequence} image tokens) x "
+            f"train.micro_batch_size {cfg.train.micro_batch_size} = {rows}: set data.seq_length={fix} "
+            f"(or a micro-batch size that makes it a multiple of 8)")
+    llm, tp = preset["llm"], cfg.parallel.tensor
+    heads = llm["num_attention_heads"]
+    kv = llm.get("kv_channels") or llm["hidden_size"] // heads
+    widths = {"hidden_size": llm["hidden_size"], "attention output / tensor parallel": heads * kv // tp,
+              "ffn_hidden_size / tensor parallel": llm["ffn_hidden_size"] // tp}
+    bad = {k: v for k, v in widths.items() if v % 16}
+    if bad:
+        raise ConfigError(f"train.fp8: Transformer Engine's FP8 GEMMs need linear input widths divisible "
+                          f"by 16; model.preset={cfg.model.preset} at parallel.tensor={tp} gives {bad}: "
+                          f"train in bf16 (unset train.fp8)")
 
 
 def _paths(cfg: TrainConfig) -> None:
@@ -90,5 +159,8 @@ def check(cfg: TrainConfig, world_size: int) -> int:
     _paths(cfg)
     if cfg.data.kind != "synthetic":
         check_manifest(cfg.data.manifest)
-    _method_settings(cfg, _preset(cfg))  # last: the only check that imports Megatron
+    preset = _preset(cfg)
+    _recompute(cfg, preset)
+    _fp8_shapes(cfg, preset)
+    _method_settings(cfg, preset)  # last: the only check that imports Megatron
     return dp

@@ -79,7 +79,35 @@ def reduce_aux(model) -> float | None:
     return t.item() / (ps.get_tensor_model_parallel_world_size() * ps.get_data_parallel_world_size())
 
 
-def train_step(ddp_model, optimizer, scheduler, batches: list, step: int, nan: bool = False) -> dict:
+class MicroBatches:
+    """A step's micro-batches, each read from the loader when the schedule reaches it: one
+    micro-batch's decoded images on the device at a time (not the whole step's), and decoding
+    overlaps the previous micro-batch's compute. The first is read ahead for its shape."""
+
+    def __init__(self, loader, count: int):
+        self.loader, self.count = loader, count
+        self._first = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict:
+        if index != 0:
+            raise IndexError("micro-batches are read in order; only the first is available ahead")
+        if self._first is None:
+            self._first = self.loader.next_microbatch()
+        return self._first
+
+    def __iter__(self):
+        for i in range(self.count):
+            if i == 0:
+                first, self._first = self[0], None  # held no longer than the schedule holds it
+                yield first
+            else:
+                yield self.loader.next_microbatch()
+
+
+def train_step(ddp_model, optimizer, scheduler, batches, step: int, nan: bool = False) -> dict:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_ext.core import feature_exchange
@@ -89,13 +117,14 @@ def train_step(ddp_model, optimizer, scheduler, batches: list, step: int, nan: b
     scheduler.step(1)
     ddp_model.zero_grad_buffer()
     optimizer.zero_grad()
-    seq = batches[0]["input_ids"].shape[1]
+    first = batches[0]["input_ids"]  # a list of batches, or MicroBatches read as the schedule goes
+    seq, micro_batch_size = first.shape[1], first.shape[0]
     model = getattr(ddp_model, "module", ddp_model)
     model.begin_step(aux_loss_scale(model.config, len(batches)))
     results = get_forward_backward_func()(
         forward_step_func=forward_step_func(nan), data_iterator=iter(batches), model=[ddp_model],
         num_microbatches=len(batches), seq_length=seq,
-        micro_batch_size=batches[0]["input_ids"].shape[0], forward_only=False)
+        micro_batch_size=micro_batch_size, forward_only=False)
     feature_exchange.finish()  # every feature send of this step was received by now
     loss = reduce_loss(results)
     distill = reduce_aux(model)

@@ -89,10 +89,30 @@ def _tower_grads(model):
     return {n: p.grad.clone() for n, p in model.vision.named_parameters() if p.requires_grad}
 
 
+def _record_feature_traffic(log: list) -> None:
+    """Log every point-to-point message of the feature exchange: (channel, send|recv, peer, numel)."""
+    from megatron_ext.core import feature_exchange as fx
+
+    send, recv = fx._send, fx._recv
+
+    def logged_send(tensor, dst, group, channel):
+        log.append((channel, "send", dst, tensor.numel()))
+        return send(tensor, dst, group, channel)
+
+    def logged_recv(tensor, src, group, channel):
+        log.append((channel, "recv", src, tensor.numel()))
+        recv(tensor, src, group, channel)
+
+    fx._send, fx._recv = logged_send, logged_recv
+
+
 def _pp_worker(rank):
     from megatron.core import parallel_state
 
     from megatron_ext.parallel import init_parallel
+
+    traffic = []
+    _record_feature_traffic(traffic)
 
     init_parallel(1, 1)
     ref = _model(train_vision=True)
@@ -115,7 +135,31 @@ def _pp_worker(rank):
     model.load_state_dict(local, strict=False)
     losses = _schedule(model, _batches())
     return dict(stage=parallel_state.get_pipeline_model_parallel_rank(), consumers=model.consumers,
-                ref_losses=ref_losses, losses=losses, ref_grads=ref_grads, grads=_tower_grads(model))
+                ref_losses=ref_losses, losses=losses, ref_grads=ref_grads, grads=_tower_grads(model),
+                rank=rank, traffic=traffic)
+
+
+def _mismatched_order(a: dict, b: dict) -> list:
+    """NCCL matches the messages of one communicator between a rank pair in posting order, on one
+    stream: a send of a large tensor waits for its receive. Each channel's messages between a and b
+    must therefore pair up in order (a's i-th is a send iff b's i-th is a receive, same size), or
+    they can deadlock. Returns the channels where they do not."""
+    bad = []
+    for channel in {c for c, *_ in a["traffic"] + b["traffic"]}:
+        mine = [(k, n) for c, k, peer, n in a["traffic"] if c == channel and peer == b["rank"]]
+        theirs = [(k, n) for c, k, peer, n in b["traffic"] if c == channel and peer == a["rank"]]
+        flipped = [({"send": "recv", "recv": "send"}[k], n) for k, n in theirs]
+        if mine != flipped:
+            bad.append(channel)
+    return bad
+
+
+def test_the_order_check_rejects_both_directions_on_one_channel():
+    # 1F1B at PP=2 with one group for both directions: stage 0 sends the features of micro-batch 1
+    # before it receives the gradient of 0; stage 1 sends that gradient before receiving features 1
+    first = dict(rank=0, traffic=[("p2p", "send", 1, 8), ("p2p", "send", 1, 8), ("p2p", "recv", 1, 8)])
+    last = dict(rank=1, traffic=[("p2p", "recv", 0, 8), ("p2p", "send", 0, 8), ("p2p", "recv", 0, 8)])
+    assert _mismatched_order(first, last) == ["p2p"]
 
 
 @pytest.mark.multiproc
@@ -129,6 +173,13 @@ def test_pp2_features_reach_later_stage_and_tower_gradients_come_back():
     for name, g in first["grads"].items():  # includes the gradient sent back by stage 2's VRMG
         torch.testing.assert_close(g, first["ref_grads"][name], atol=1e-5, rtol=1e-4, msg=name)
     assert max(g.abs().max() for g in first["grads"].values()) > 0
+    # under 1F1B the features and their gradients never wait on each other's messages (the hang
+    # NCCL would show with both directions on one communicator), and the shape header goes once
+    assert _mismatched_order(first, last) == []
+    sent = [n for c, k, _, n in first["traffic"] if c == "forward" and k == "send"]
+    assert len(sent) == 1 + len(last["losses"]) and sent[0] == 4  # header, then one payload per micro-batch
+    grads_back = [n for c, k, _, n in last["traffic"] if c == "backward" and k == "send"]
+    assert len(grads_back) == len(last["losses"]) and all(n == sent[1] for n in grads_back)
 
 
 def _tp_worker(rank):

@@ -50,3 +50,44 @@ def test_a_gpu_node_without_cuda_torch_refuses_to_train(monkeypatch):
         device.require_usable_gpu()
     monkeypatch.setenv("PARAMVISION_ALLOW_CPU", "1")
     device.require_usable_gpu()
+
+
+def _check(tmp_path, driver, torch_says):
+    """torch_cuda_tag.sh --check against a stand-in driver and a stand-in Python whose torch says
+    `torch_says` (version, CUDA, usable)."""
+    _tag(tmp_path, driver)  # writes the nvidia-smi stand-in
+    py = tmp_path / "python"
+    py.write_text(f"#!/bin/sh\necho '{torch_says}'\n")
+    py.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}")
+    return subprocess.run(["bash", str(ROOT / "scripts" / "torch_cuda_tag.sh"), "--check", str(py)], env=env,
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("driver, torch_says, expected", [
+    ("12.8", "2.13.0+cpu None 0", "torch 2.13.0+cpu is a CPU build: set TORCH_CUDA_INDEX to a PyTorch "
+                                  "wheel index for cu128"),
+    ("13.0", "2.13.0 13.0 1", "is built for CUDA 13.0, but Transformer Engine's core (core-cu12) and DALI"),
+    ("12.6", "2.13.0 12.8 0", "cannot use the GPU (the driver runs CUDA 12.6): set TORCH_CUDA_INDEX to a "
+                              "PyTorch wheel index for cu126"),
+    ("12.2", "2.13.0 12.8 0", "the driver supports CUDA 12.2; torch 2.13.0 needs CUDA >= 12.6: update the "
+                              "NVIDIA driver"),
+])
+def test_a_torch_the_driver_cannot_run_is_one_line_with_the_remedy(tmp_path, driver, torch_says, expected):
+    out = _check(tmp_path, driver, torch_says)
+    assert out.returncode == 1 and expected in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_pypis_cuda_12_torch_that_sees_the_gpu_passes(tmp_path):
+    out = _check(tmp_path, "12.4", "2.13.0 12.8 1")  # CUDA minor-version compatibility: it runs
+    assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+
+
+def test_setup_scripts_build_te_offline_and_check_what_they_install():
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert "download.pytorch.org" not in setup  # PyPI only, unless TORCH_CUDA_INDEX says otherwise
+    assert "NVTE_PYTORCH_FORCE_BUILD=TRUE" in setup and "MAX_JOBS=" in setup and "ninja" in setup
+    assert 'import transformer_engine.pytorch' in setup
+    assert "torch.cuda.is_available()" in (ROOT / "scripts" / "setup_vllm.sh").read_text()
+    for script in ("setup.sh", "setup_vllm.sh", "torch_cuda_tag.sh"):
+        assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)]).returncode == 0

@@ -138,9 +138,8 @@ class VoRAModel(InjectedGPTModel):
                 values[(layer, "distill")] = DistillTarget(b, s, teacher_features[layer], 1 / len(distilled),
                                                            self.distill_loss_scale, self.distill_losses)
         decoder_input = self.embed(input_ids, position_ids, images, image_ids) if self.pre_process else None
-        with self.conditioning.use(values):
-            return self.language_model(input_ids, position_ids, attention_mask,
-                                       decoder_input=decoder_input, labels=labels, **kwargs)
+        return self.run_decoder(values, input_ids, position_ids, attention_mask,
+                                decoder_input=decoder_input, labels=labels, **kwargs)
 
     def distill_loss(self) -> torch.Tensor | None:
         """This stage's share of the distillation loss of the last forward (sum over its blocks)."""

@@ -36,7 +36,7 @@ class VoRAVisionModel(LLMWrapper):
             feature_exchange.feature_group()
         self.distill_record: list = []
 
-    def teacher_features(self, pixel_values) -> Optional[dict]:
+    def teacher_features(self, pixel_values, hint=()) -> Optional[dict]:
         """This stage's distillation targets for the micro-batch ({} or None where it has none)."""
         if not self.distill:
             return None
@@ -44,11 +44,12 @@ class VoRAVisionModel(LLMWrapper):
             feats = self.teacher(pixel_values)
             for stage, layers in self.consumers.items():  # each stage gets only its blocks
                 stacked = torch.stack([feats[l] for l in layers]).to(self.config.params_dtype)
-                feature_exchange.send_features(stacked, [stage])
+                feature_exchange.send_features(stacked, [stage], hint=hint)
             return feats
         if self.stage in self.consumers:
             device = torch.cuda.current_device() if torch.cuda.is_available() else torch.device("cpu")
-            stacked = feature_exchange.recv_features(self.config.params_dtype, device, with_grad=False)
+            stacked = feature_exchange.recv_features(self.config.params_dtype, device, with_grad=False,
+                                                     hint=hint)
             return dict(zip(self.consumers[self.stage], stacked))
         return {}
 
@@ -61,7 +62,7 @@ class VoRAVisionModel(LLMWrapper):
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
         image_ids = torch.where(image_mask, rows, -1)
         images = list(pixel_values) if self.lm.pre_process else None
-        feats = self.teacher_features(pixel_values)
+        feats = self.teacher_features(pixel_values, hint=input_ids.shape)
         out = self.lm(input_ids, position_ids, attention_mask, images=images, image_ids=image_ids,
                       teacher_features=feats, labels=labels, **kwargs)
         if feats is not None:
