@@ -79,7 +79,8 @@ def one_layer_models(shape: dict, dtype: torch.dtype):
     return rose, plain
 
 
-def bench_layers(shape: dict, tokens: int, batch: int, visual_tokens: int, dtype, reps: int) -> dict:
+def bench_layers(shape: dict, tokens: int, batch: int, visual_tokens: int, dtype, reps: int,
+                 variants=tuple(VARIANTS)) -> dict:
     """{variant: median seconds of forward + backward}."""
     rose, plain = one_layer_models(shape, dtype)
     dev = device()
@@ -103,7 +104,7 @@ def bench_layers(shape: dict, tokens: int, batch: int, visual_tokens: int, dtype
         extra = (vis,) if which == "rose" else ()
         model(ids, pos, None, *extra, labels=ids).float().mean().backward()
 
-    return interleaved(step, list(VARIANTS), reps)
+    return interleaved(step, list(variants), reps)
 
 
 def main() -> None:
@@ -119,6 +120,8 @@ def main() -> None:
                     help="exit with status 1 when the S1 ratio (ROSE layer, frozen LLM / plain frozen "
                          "layer) is above this")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--s1-only", action="store_true",
+                    help="time only the two variants of the S1 ratio (halves a slow CPU run)")
     args = ap.parse_args()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or
                                                              ("bf16" if torch.cuda.is_available() else "fp32")]
@@ -130,7 +133,8 @@ def main() -> None:
     print(f"machine: {machine()}   {before}   dtype: {dtype}   shape: {args.shape}   tokens: {args.tokens} "
           f"x batch {args.batch}   visual tokens: {args.visual_tokens}   blocks: {shape['rose']['blocks']}   "
           f"reps: {args.reps} (medians, variants timed in turn)")
-    times = bench_layers(shape, args.tokens, args.batch, args.visual_tokens, dtype, args.reps)
+    times = bench_layers(shape, args.tokens, args.batch, args.visual_tokens, dtype, args.reps,
+                         S1_RATIO[::-1] if args.s1_only else tuple(VARIANTS))
     ratio = times[S1_RATIO[0]] / times[S1_RATIO[1]]
     rows = [[name, f"{t * 1e3:.1f}", f"{t / times['plain layer, all trainable' if VARIANTS[name][1] else S1_RATIO[1]]:.2f}"]
             for name, t in times.items()]
