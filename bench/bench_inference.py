@@ -4,8 +4,9 @@ baseline, through the Hugging Face export (not a test).
 A ROSE model (random weights, non-zero rotations) is exported with megatron_ext.export and loaded
 with transformers (trust_remote_code), then greedy `generate` runs the same prompt for the same
 number of new tokens four ways:
-- ROSE, rotations on activations: the export as shipped; the VRMG runs once at the first step and
-  every equipped projection rotates its input (R^T x) at every step;
+- ROSE, rotations on activations: the export as shipped; the VRMG runs and the rotations R^T are
+  built once at the first step, and every equipped projection applies its R^T (one small GEMM) to
+  its input at every step;
 - ROSE, merged: `merge_vision` folds the image's rotations into the weights (W^T R^T), giving a
   plain Qwen2ForCausalLM; the merge is part of the time to first token (and shown on its own);
 - input space (LLaVA-style): the same Qwen2 LLM (the export's base weights) with the visual tokens
@@ -23,6 +24,7 @@ against the input-space baseline at the same number of visual tokens, measured i
 
     python bench/bench_inference.py                     # tiny preset, CPU, ~1 min
     python bench/bench_inference.py --preset small      # a 512-wide, 8-layer LLM
+    python bench/bench_inference.py --preset main --visual-tokens 25 100   # the main job's shape
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ PRESETS = {
                   vision=dict(hidden_size=128),
                   rose=dict(every=4, projections=["q", "k", "v", "o", "gate", "up", "down"], blocks=16,
                             generator_width=64, generator_heads=4)),
+    "main": "main-smollm2",  # the main job's SmolLM2-135M with its ROSE settings (48 blocks of 12)
     "7b": "qwen2.5-7b-rose",
 }
 VARIANTS = ("rose-activations", "rose-merged", "input-space", "text-only")
@@ -95,10 +98,10 @@ def export_rose(preset: dict, out_dir: str, dtype) -> str:
 
 
 def load_export(out_dir: str, dtype):
-    from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True, dtype=dtype).to(device()).eval()
-    base = Qwen2ForCausalLM(model.config.text_config).to(device(), dtype).eval()
+    base = type(model.language_model)(model.config.text_config).to(device(), dtype).eval()  # Qwen2 or Llama
     base.load_state_dict(model.language_model.state_dict())  # the same LLM, nothing rotated
     return model, base
 

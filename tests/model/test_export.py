@@ -144,6 +144,41 @@ def test_image_text_to_text_pipeline_answers_from_the_image(exported):
     assert len(calls) == 1  # the pipeline handed the image to the model
 
 
+@pytest.mark.parametrize("exported", ["rose"], indirect=True)
+def test_rose_generation_builds_rotations_at_prefill_like_building_them_per_step(exported, monkeypatch):
+    """Batched generation with different images: the rotations built once at prefill and reused
+    for every token give what rebuilding them from the images before every step gives, and each
+    sample decodes as it would alone."""
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    _, out, _ = exported
+    hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32).eval()
+    ids = torch.randint(0, 151665, (2, 10), generator=torch.Generator().manual_seed(4))
+    px = torch.cat([_pixels(0), _pixels(5)])
+    kw = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, output_scores=True,
+              return_dict_in_generate=True, pad_token_id=0)
+    calls = []
+    conditioning = hf.conditioning
+    monkeypatch.setattr(hf, "conditioning", lambda *a, **k: calls.append(1) or conditioning(*a, **k))
+    once = hf.generate(input_ids=ids, pixel_values=px, **kw)
+    assert len(calls) == 1
+    # the reference: every step treated as the image's first, so the rotations are rebuilt each time
+    monkeypatch.setattr(sys.modules[type(hf).__module__], "_is_prefill", lambda *a: True)
+    per_step = hf.generate(input_ids=ids, pixel_values=px, **kw)
+    assert len(calls) == 1 + 5
+    assert torch.equal(once.sequences, per_step.sequences)
+    for a, b in zip(once.scores, per_step.scores):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    monkeypatch.undo()
+    for i in range(2):  # each sample as if alone: its own image's rotations, not its neighbour's
+        alone = hf.generate(input_ids=ids[i:i + 1], pixel_values=px[i:i + 1], **kw)
+        assert torch.equal(alone.sequences[0], once.sequences[i])
+        for a, b in zip(alone.scores, once.scores):
+            torch.testing.assert_close(a[0], b[i], atol=1e-4, rtol=0)
+
+
 @pytest.fixture(scope="module")
 def exported_vora(tmp_path_factory):
     from transformers import SiglipImageProcessorPil

@@ -10,7 +10,7 @@ from megatron_ext.methods.rose.config import RoseConfig, RoseConfigError
 from megatron_ext.methods.rose.layout import fused_to_parts
 from megatron_ext.core.llm_config import qwen2_transformer_config
 from megatron_ext.methods.rose.rotated_linear import RotatedLinear
-from megatron_ext.methods.rose.rotation import block_cayley, block_diag_matrix
+from megatron_ext.methods.rose.rotation import block_cayley, block_diag_matrix, cayley_transposed
 from rose_helpers import PRESET, VOCAB, inputs, randomize_generator, tiny_rose
 
 pytestmark = pytest.mark.usefixtures("megatron_single_process")
@@ -52,8 +52,10 @@ def test_logits_equal_base_llm_at_init():
         base = plain(batch["input_ids"], batch["position_ids"], None)
         ours = model(batch["input_ids"], batch["position_ids"], None, batch["visual_features"])
     assert (ours - base).abs().max() <= 1e-6
-    # and it is the identity because every T is exactly zero, not by accident
-    assert all(t.abs().max() == 0 for t in model.rotations_for(batch["visual_features"]).values())
+    # and it is the identity because every T is exactly zero (so every built R^T exactly I), not by accident
+    assert all(t.abs().max() == 0 for t in model.vrmg(batch["visual_features"]).values())
+    assert all(torch.equal(r, torch.eye(r.shape[-1]).expand_as(r))
+               for r in model.rotations_for(batch["visual_features"]).values())
 
 
 def test_fused_qkv_split_into_parts_equals_fused_gemm():
@@ -65,8 +67,8 @@ def test_fused_qkv_split_into_parts_equals_fused_gemm():
     for name in ("self_attention.linear_qkv", "mlp.linear_fc1"):
         ours = model.language_model.decoder.layers[1].get_submodule(name)
         ref = plain.decoder.layers[1].get_submodule(name)
-        T = {(2, p): torch.zeros(2, 8, 28) for p in ours.part_names}
-        with model.conditioning.use(T):
+        identity = {(2, p): torch.eye(8).expand(2, 8, 8, 8) for p in ours.part_names}
+        with model.conditioning.use(identity):
             torch.testing.assert_close(ours(x)[0], ref(x)[0], atol=1e-6, rtol=0)
 
 
@@ -76,7 +78,7 @@ def test_rotated_layer_equals_materialised_rotated_weight():
     g = torch.Generator().manual_seed(3)
     T = {(2, p): torch.randn(2, 8, 28, generator=g) for p in ("q", "k", "v")}
     x = torch.randn(5, 2, model.config.hidden_size)
-    with model.conditioning.use(T), torch.no_grad():
+    with model.conditioning.use({k: cayley_transposed(t, 8) for k, t in T.items()}), torch.no_grad():
         out = layer(x)[0]
     expected = []
     for p in ("q", "k", "v"):

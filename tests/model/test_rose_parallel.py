@@ -40,6 +40,8 @@ def _tp_worker(rank):
     ref_model(**batch).sum().backward()
     ref = dict(logits=ref_logits.detach(), grads=_vrmg_grads(ref_model),
                qkv_grad=ref_model.language_model.decoder.layers[1].self_attention.linear_qkv.parts.q.weight.grad.clone())
+    with torch.no_grad():
+        ref["rotations"] = ref_model.rotations_for(batch["visual_features"])
 
     init_parallel(2, 1)
     model = tiny_rose()
@@ -49,8 +51,11 @@ def _tp_worker(rank):
     logits = gather_from_tensor_model_parallel_region(logits)  # vocab shards -> full vocab
     model(**batch).sum().backward()
     q_grad = model.language_model.decoder.layers[1].self_attention.linear_qkv.parts.q.weight.grad
+    with torch.no_grad():  # what this rank's generator emits and factorises
+        emitted = {k: t.shape for k, t in model.vrmg(batch["visual_features"], select=model._select).items()}
+        rotations = model.rotations_for(batch["visual_features"])
     return dict(ref=ref, logits=logits.detach(), grads=_vrmg_grads(model), tp_rank=tp_rank,
-                q_grad=q_grad.clone())
+                q_grad=q_grad.clone(), emitted=emitted, rotations=rotations)
 
 
 def test_tensor_parallel_2_equals_1():
@@ -65,6 +70,17 @@ def test_tensor_parallel_2_equals_1():
             torch.testing.assert_close(r["grads"][name], g, atol=1e-5, rtol=1e-4, msg=name)
         shard = ref["qkv_grad"].chunk(2, dim=0)[r["tp_rank"]]
         torch.testing.assert_close(r["q_grad"], shard, atol=1e-5, rtol=1e-4)
+        # row-parallel o and down: this rank's generator emits, and it factorises, only its own
+        # blocks (half of them), equal to the TP=1 model's; column-parallel parts: all blocks
+        for (layer, p), Rt in r["rotations"].items():
+            full = ref["rotations"][(layer, p)]
+            blocks = full.shape[-3]
+            if p in ("o", "down"):
+                assert r["emitted"][(layer, p)][-2] == blocks // 2 and Rt.shape[-3] == blocks // 2
+                full = full.chunk(2, dim=-3)[r["tp_rank"]]
+            else:
+                assert r["emitted"][(layer, p)][-2] == blocks
+            torch.testing.assert_close(Rt, full, atol=1e-6, rtol=0)
     assert any(g.abs().max() > 0 for g in results[0]["ref"]["grads"].values())
 
 

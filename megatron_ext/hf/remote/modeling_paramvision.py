@@ -7,7 +7,8 @@ Qwen2 or Llama LLM's projections (text_config says which), with nothing added to
          its placeholder tokens, attending bidirectionally among themselves; no encoder, no LoRA.
 
 `model.generate(input_ids, pixel_values=...)` answers about an image; the image's conditioning is
-computed once (at the first step) and reused for every generated token.
+computed once (at the first step) and reused for every generated token (ROSE: the rotations R^T
+themselves are built then, so a decoding step only applies them, one small GEMM per projection).
 `model.merge_vision(pixel_values)` returns a plain Qwen2/LlamaForCausalLM with one image merged into its
 weights (ROSE: W^T R^T; VLoRA: W + W_v W_s), the papers' inference mode.
 """
@@ -23,7 +24,7 @@ from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoModel, GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_paramvision import ParamVisionConfig
-from .rotation import block_cayley, block_diag_matrix, rotate_transposed
+from .rotation import apply_rotation, rotations_of
 from .vlora_generator import PerceptualWeightsGenerator
 from .vora_embedding import VisionEmbedding
 from .vrmg import VRMG
@@ -65,16 +66,16 @@ class RotatedProjection(nn.Linear):
     """nn.Linear whose input is rotated per sample by the current image's R^T (same names and
     weights as the Qwen2/Llama projection it replaces)."""
 
-    def __init__(self, linear: nn.Linear, key, block_size: int, rotations: dict):
+    def __init__(self, linear: nn.Linear, key, rotations: dict):
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None,
                          device=linear.weight.device, dtype=linear.weight.dtype)
         self.weight, self.bias = linear.weight, linear.bias
-        self.key, self.block_size, self.rotations = key, block_size, rotations
+        self.key, self.rotations = key, rotations
 
     def forward(self, x):
-        T = self.rotations.get(self.key)
-        if T is not None:  # x is (batch, seq, d); T is (batch, blocks, t): one LU per image
-            x = rotate_transposed(x.transpose(0, 1), T, self.block_size).transpose(0, 1)
+        Rt = self.rotations.get(self.key)
+        if Rt is not None:  # x is (batch, seq, d); Rt is (batch, blocks, b, b), built at prefill
+            x = apply_rotation(x.transpose(0, 1), Rt).transpose(0, 1)
         return super().forward(x)
 
 
@@ -156,7 +157,7 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
             for layer in self.layers:
                 for p in inj["projections"]:
                     owner, attr = _projection(decoder[layer - 1], p)
-                    setattr(owner, attr, RotatedProjection(getattr(owner, attr), (layer, p), sizes[p],
+                    setattr(owner, attr, RotatedProjection(getattr(owner, attr), (layer, p),
                                                            self._conditioning))
         elif config.method == "vlora":
             types = tuple(inj["weight_types"])
@@ -183,14 +184,20 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
         return feats[:, 1:] if self.config.vision_config.model_type.startswith("clip") else feats
 
     def conditioning(self, pixel_values, **vision_inputs) -> dict:
-        """{(layer, projection or weight type): T (ROSE) or W_v (VLoRA)} for these images."""
-        generator = self.vrmg if self.config.method == "rose" else self.generator
-        return generator(self.visual_features(pixel_values, **vision_inputs))
+        """{(layer, projection or weight type): R^T blocks (ROSE: (batch, blocks, b, b), fp32) or
+        W_v (VLoRA)} for these images."""
+        features = self.visual_features(pixel_values, **vision_inputs)
+        if self.config.method == "rose":  # every rotation of every layer built at once, per image
+            return rotations_of(self.vrmg(features))
+        return self.generator(features)
 
     def set_image(self, pixel_values, **vision_inputs) -> dict:
         """Compute and hold these images' conditioning for the following forward calls."""
+        conditioning = self.conditioning(pixel_values, **vision_inputs)
+        if self.config.method == "rose":  # applied at every step in the model's dtype: cast once here
+            conditioning = {k: v.to(self.dtype) for k, v in conditioning.items()}
         self._conditioning.clear()
-        self._conditioning.update(self.conditioning(pixel_values, **vision_inputs))
+        self._conditioning.update(conditioning)
         return dict(self._conditioning)
 
     def _llava_inputs(self, input_ids, pixel_values):
@@ -284,10 +291,11 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
                 owner, attr = _projection(ours[layer - 1], p)
                 module = getattr(owner, attr)
                 target = getattr(_projection(merged.model.layers[layer - 1], p)[0], attr)
-                if isinstance(module, RotatedProjection):  # W^T R^T
-                    t = cond[module.key][0]
-                    R = block_diag_matrix(block_cayley(t, module.in_features // t.shape[-2]))
-                    target.weight.copy_((target.weight.float() @ R.T).to(target.weight.dtype))
+                if isinstance(module, RotatedProjection):  # W^T R^T, block by block, in fp32
+                    Rt = cond[module.key][0]                                   # (blocks, b, b)
+                    w = target.weight.float().unflatten(-1, Rt.shape[:2])     # (out, blocks, b)
+                    merged_w = torch.einsum("okj,kji->oki", w, Rt).flatten(-2)
+                    target.weight.copy_(merged_w.to(target.weight.dtype))
                 elif isinstance(module, PerceptualLoRAProjection):  # W + W_v W_s
                     target.weight.add_(module.delta(cond[module.key][0]).to(target.weight.dtype))
         return merged

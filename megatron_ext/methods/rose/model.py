@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import torch
+from megatron.core import parallel_state
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_ext.core.injected import InjectedGPTModel
 from megatron_ext.core.llm_config import gpt_model_kwargs, preset_transformer_config
-from megatron_ext.core.projections import PROJECTIONS_OF
+from megatron_ext.core.projections import PROJECTION, PROJECTIONS_OF
 from megatron_ext.core.specs import swap_linears
 from megatron_ext.methods.rose.config import RoseConfig, rose_config
+from megatron_ext.methods.rose.local_blocks import local_blocks, sum_over_ranks
 from megatron_ext.methods.rose.rotated_linear import RotatedLinear
+from megatron_ext.methods.rose.rotation import rotations_of
 from megatron_ext.methods.rose.vrmg import VRMG
 
 
 class ROSEModel(InjectedGPTModel):
-    """A GPTModel whose equipped projections are rotated per image (ROSE)."""
+    """A GPTModel whose equipped projections are rotated per image (ROSE).
+
+    Per micro-batch the VRMG emits T for every equipped projection of this stage, the rotations
+    R^T are built from them at once (`rotations_of`: fp32, batched by block size, no host sync),
+    and each RotatedLinear only applies its own (docs/ARCHITECTURE.md, rules 1, 2 and 6).
+    """
 
     method = "rose"  # its MethodSpec in the registry
 
@@ -24,6 +32,13 @@ class ROSEModel(InjectedGPTModel):
         self.rose = rose
         super().__init__(config, rose.equipped_layers(config.num_layers), vocab_size,
                          max_sequence_length, **kwargs)
+        self._select = None  # the VRMG's `select`: under TP, this rank's blocks of o and down
+        if self.generator is not None and config.tensor_model_parallel_size > 1:
+            group = parallel_state.get_tensor_model_parallel_group()
+            rows = [p for p in rose.projections if PROJECTION[p].parallel == "row"]
+            self._select = {p: local_blocks(group) for p in rows}
+            sum_over_ranks([q for gen in self.generator.generators.values() for p in rows
+                            for q in gen.to_T[p].parameters()], group)
 
     @property
     def vrmg(self) -> VRMG | None:
@@ -34,22 +49,26 @@ class ROSEModel(InjectedGPTModel):
         return VRMG(self.equipped, r.projections, r.blocks, r.block_sizes(self.config), r.visual_dim,
                     r.generator_width, r.generator_heads)
 
+    def conditioning_for(self, visual_features: torch.Tensor) -> dict:
+        """{(layer, projection): R^T blocks of (batch, blocks, b, b)} for every equipped projection of
+        this stage (row-parallel ones: this TP rank's blocks), the VRMG run once for all of them."""
+        if self.generator is None:
+            return {}
+        return rotations_of(self.generator(visual_features, select=self._select))
+
     def rotations_for(self, visual_features: torch.Tensor) -> dict:
-        """T for every equipped projection of this stage: {(layer, projection): (batch, blocks, t)}."""
+        """The rotations the layers apply: conditioning_for."""
         return self.conditioning_for(visual_features)
 
     def equip(self, layer_number: int, spec: ModuleSpec) -> ModuleSpec:
         """Swap the projection linears holding rotated projections for RotatedLinear."""
-        block_sizes = self.rose.block_sizes(self.config)
-
         def rotated_linear(attribute, parallel, base):
             held = PROJECTIONS_OF[attribute.removeprefix("linear_")]
             rotated = tuple(p for p in self.rose.projections if p in held)
             if not rotated:
                 return None
             return ModuleSpec(module=RotatedLinear, params=dict(
-                base=base, parallel=parallel, layer_number=layer_number, rotated=rotated,
-                block_sizes={p: block_sizes[p] for p in rotated}))
+                base=base, parallel=parallel, layer_number=layer_number, rotated=rotated))
 
         return swap_linears(spec, self.backend, rotated_linear)
 

@@ -22,24 +22,7 @@ from torch import nn
 
 from megatron_ext.core.context import ConditionedLayer, ConditioningContext
 from megatron_ext.core.fused_layout import fuse, fused_parts, interleave_groups
-from megatron_ext.methods.rose.rotation import rotate_transposed
-
-
-class _LocalBlocks(torch.autograd.Function):
-    """Keep this TP rank's blocks of T; the backward all-gathers the gradient so that every rank's
-    (replicated) generator receives the gradient of all blocks."""
-
-    @staticmethod
-    def forward(ctx, T, group):
-        ctx.group = group
-        n = T.shape[-2] // group.size()
-        return T[..., group.rank() * n:(group.rank() + 1) * n, :].contiguous()
-
-    @staticmethod
-    def backward(ctx, grad):
-        parts = [torch.empty_like(grad) for _ in range(ctx.group.size())]
-        torch.distributed.all_gather(parts, grad.contiguous(), group=ctx.group)
-        return torch.cat(parts, dim=-2), None
+from megatron_ext.methods.rose.rotation import apply_rotation
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -61,13 +44,14 @@ class RotatedLinear(nn.Module, ConditionedLayer):
     """A column- or row-parallel linear with per-sample input rotations, one per fused part.
 
     Built by Megatron with the usual linear arguments; the layer spec adds `base` (the backend's
-    linear class), `parallel` ("column" or "row"), `layer_number`, `rotated` (the projections of
-    this linear that are rotated) and `block_sizes` (projection -> block size).
+    linear class), `parallel` ("column" or "row"), `layer_number` and `rotated` (the projections of
+    this linear that are rotated). The rotations arrive built (R^T blocks, ROSEModel.conditioning_for):
+    the layer only applies them, one batched GEMM per part.
     """
 
     def __init__(self, input_size: int, output_size: int, *, config, init_method, bias: bool,
                  skip_bias_add: bool, base: type, parallel: str, layer_number: int,
-                 rotated: tuple, block_sizes: dict, is_expert: bool = False,
+                 rotated: tuple, is_expert: bool = False,
                  tp_comm_buffer_name: Optional[str] = None, tp_group=None, gather_output: bool = False,
                  input_is_parallel: bool = True, **_megatron_kwargs):
         super().__init__()
@@ -76,7 +60,6 @@ class RotatedLinear(nn.Module, ConditionedLayer):
         self.config = config
         self.parallel = parallel
         self.layer_number = layer_number
-        self.block_sizes = dict(block_sizes)
         self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
         self.context: Optional[ConditioningContext] = None  # bound by the model
 
@@ -94,23 +77,21 @@ class RotatedLinear(nn.Module, ConditionedLayer):
         self.groups = interleave_groups(tp_comm_buffer_name, config, self.tp_group.size())
 
     def _rotation(self, projection: str) -> torch.Tensor:
+        """This part's R^T blocks, (batch, blocks, b, b); for a row-parallel part only this rank's
+        blocks (the model builds no others: methods/rose/local_blocks.py)."""
         if self.context is None:
             raise RuntimeError(f"layer {self.layer_number}: RotatedLinear is not bound to a model's "
                                "ConditioningContext; build it through ROSEModel")
-        T = self.context.get(self.layer_number, projection)
-        if self.tp_group.size() > 1:
-            if self.parallel == "row":
-                T = _LocalBlocks.apply(T, self.tp_group)  # this rank's input shard = its whole blocks
-            elif self.config.sequence_parallel:
-                # each rank rotates only its sequence shard, so T's gradient is partial per rank
-                T = copy_to_tensor_model_parallel_region(T, group=self.tp_group)
-        return T
+        Rt = self.context.get(self.layer_number, projection)
+        if self.tp_group.size() > 1 and self.parallel == "column" and self.config.sequence_parallel:
+            # each rank rotates only its sequence shard, so the rotation's gradient is partial per rank
+            Rt = copy_to_tensor_model_parallel_region(Rt, group=self.tp_group)
+        return Rt
 
     def forward(self, x: torch.Tensor):
         outs, biases = [], []
         for name, linear in self.parts.items():
-            xi = rotate_transposed(x, self._rotation(name), self.block_sizes[name]) \
-                if name in self.rotated else x
+            xi = apply_rotation(x, self._rotation(name)) if name in self.rotated else x
             out, bias = linear(xi)
             outs.append(_ContiguousGrad.apply(out) if len(self.parts) > 1 else out)
             biases.append(bias)

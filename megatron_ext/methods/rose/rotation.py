@@ -5,10 +5,15 @@ R_v W, with R_v = diag(R_1, ..., R_nb) and each block R_i = (I + P_i)(I - P_i)^{
 skew-symmetric P_i. The layer output is z = (R_v W)^T x = W^T (R_v^T x), so the frozen GEMM is
 kept and only the input is rotated. For skew-symmetric P,
 
-    R^T = (I - P)(I + P)^{-1} = 2 (I + P)^{-1} - I,   hence   R^T x = 2 solve(I + P, x) - x.
+    R^T = (I - P)(I + P)^{-1} = 2 (I + P)^{-1} - I.
 
-That is one batched LU solve per block and sample (all tokens of a sample are right-hand sides of
-the same factorisation), computed in fp32 whatever the activation dtype.
+A rotation is built once per image and applied to many tokens, so the work is split in two:
+- `cayley_transposed` / `rotations_of`: the b x b blocks R^T = 2 (I + P)^{-1} - I, in fp32 whatever
+  the activation dtype, with `torch.linalg.inv_ex` (an LU factorisation; its error flag is not read,
+  so nothing waits for the device: I + P is never singular, its singular values are >= 1).
+  `rotations_of` builds every projection of a micro-batch with one call per block size;
+- `apply_rotation`: R^T x for all tokens of a sample, one batched GEMM in the activation dtype.
+`rotate_transposed` is the two in a row.
 
 Each block's P is parametrised by T, its strictly-lower-triangular entries in
 `torch.tril_indices(b, b, -1)` order: P[i, j] = T[k] and P[j, i] = -T[k].
@@ -16,20 +21,30 @@ Each block's P is parametrised by T, its strictly-lower-triangular entries in
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["num_skew_params", "skew_from_tril", "block_cayley", "rotate_transposed",
-           "block_diag_matrix"]
+__all__ = ["num_skew_params", "block_size_of", "skew_from_tril", "block_cayley", "cayley_transposed",
+           "rotations_of", "apply_rotation", "rotate_transposed", "block_diag_matrix"]
 
 
 def _solve_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 for fp32/bf16/fp16/fp8 activations (docs/ARCHITECTURE.md, rule 2); fp64 stays fp64."""
+    """fp32 for fp32/bf16/fp16/fp8 inputs (docs/ARCHITECTURE.md, rule 2); fp64 stays fp64."""
     return torch.promote_types(dtype, torch.float32)
 
 
 def num_skew_params(block_size: int) -> int:
     """Number of free entries of a block_size x block_size skew-symmetric matrix."""
     return block_size * (block_size - 1) // 2
+
+
+def block_size_of(num_params: int) -> int:
+    """The block size b with b(b-1)/2 == num_params (T's last dimension names its blocks' size)."""
+    b = (1 + math.isqrt(1 + 8 * num_params)) // 2
+    if num_skew_params(b) != num_params or b < 2:
+        raise ValueError(f"T has {num_params} entries per block, which is b(b-1)/2 for no block size b >= 2")
+    return b
 
 
 def skew_from_tril(T: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -47,12 +62,48 @@ def skew_from_tril(T: torch.Tensor, block_size: int) -> torch.Tensor:
 def block_cayley(T: torch.Tensor, block_size: int) -> torch.Tensor:
     """Explicit orthogonal blocks R = (I + P)(I - P)^{-1}, shape (..., nb, b, b), computed in fp32.
 
-    For inspection, export and tests; training never builds R (see rotate_transposed).
+    The reference the fast path is tested against (a different formula and solver); for
+    inspection and tests, not for training.
     """
     P = skew_from_tril(T.to(_solve_dtype(T.dtype)), block_size)
     eye = torch.eye(block_size, dtype=P.dtype, device=P.device)
     # (I + P)(I - P)^{-1} = ((I - P)^{-T} (I + P)^T)^T = solve((I - P)^T, (I + P)^T)^T
     return torch.linalg.solve((eye - P).transpose(-1, -2), (eye + P).transpose(-1, -2)).transpose(-1, -2)
+
+
+def cayley_transposed(T: torch.Tensor, block_size: int) -> torch.Tensor:
+    """R^T = 2 (I + P)^{-1} - I per block, (..., nb, b, b), in fp32 (fp64 stays fp64), differentiable.
+
+    `inv_ex` rather than `inv`/`solve`: those check the factorisation's error flag on the host,
+    which waits for the device at every call; I + P with P skew-symmetric is never singular
+    (its singular values are at least 1), so there is nothing to check. Its backward is two GEMMs
+    with the saved inverse (cheaper than an LU solve's, bench/bench_rotation.py).
+    """
+    dtype = _solve_dtype(T.dtype)
+    with torch.autocast(T.device.type, enabled=False):  # rule 2: the factorisation stays in fp32
+        eye = torch.eye(block_size, dtype=dtype, device=T.device)
+        inverse, _ = torch.linalg.inv_ex(skew_from_tril(T.to(dtype), block_size) + eye)
+        return 2.0 * inverse - eye
+
+
+def rotations_of(T: dict) -> dict:
+    """{key: T of (*B, nb, b(b-1)/2)} -> {key: R^T blocks of (*B, nb, b, b)} (cayley_transposed),
+    with one factorisation call per block size: every projection of every layer of a micro-batch
+    whose blocks have the same size is concatenated along the blocks and built at once (a small
+    model's 9 x 9 blocks cost per call, not per FLOP)."""
+    groups: dict = {}
+    for key, t in T.items():
+        groups.setdefault((t.shape[:-2], t.shape[-1], t.dtype, t.device), []).append(key)
+    out = {}
+    for (_, t, _, _), keys in groups.items():
+        b = block_size_of(t)
+        if len(keys) == 1:
+            out[keys[0]] = cayley_transposed(T[keys[0]], b)
+            continue
+        sizes = [T[k].shape[-2] for k in keys]
+        built = cayley_transposed(torch.cat([T[k] for k in keys], dim=-2), b)
+        out.update(zip(keys, built.split(sizes, dim=-3)))
+    return out
 
 
 def block_diag_matrix(blocks: torch.Tensor) -> torch.Tensor:
@@ -64,62 +115,45 @@ def block_diag_matrix(blocks: torch.Tensor) -> torch.Tensor:
     return out.reshape(*lead, nb * b, nb * b)
 
 
-def rotate_transposed(x: torch.Tensor, T: torch.Tensor, block_size: int,
-                      apply: str = "auto") -> torch.Tensor:
-    """R^T x for the block-diagonal R built from T, applied on the last dimension of x.
+def apply_rotation(x: torch.Tensor, Rt: torch.Tensor) -> torch.Tensor:
+    """R^T x on the last dimension of x, for the blocks Rt = R^T of (*B, nb, b, b) (cayley_transposed).
 
-    Shapes: x is (*X, nb*b) and T is (*B, nb, b(b-1)/2). T's leading dims *B line up with the
-    trailing leading dims of x (numpy-style, right-aligned); leading dims of x beyond them (for
-    Megatron's (seq, batch, hidden) activations with T per sample: the sequence) share one
-    factorisation. So x (s, b, h) with T (b, nb, t) rotates every token of sample i by R_i;
-    T without leading dims rotates all of x by the same R.
+    Rt's leading dims *B line up with the trailing leading dims of x (numpy-style, right-aligned,
+    each equal or 1); leading dims of x beyond them share one rotation: for Megatron's
+    (seq, batch, hidden) activations and R^T per sample, the sequence. So x (s, b, h) with Rt
+    (b, nb, bs, bs) rotates every token of sample i by R_i; Rt without leading dims rotates all of x.
 
-    R^T x = 2 (I + P)^{-1} x - x, in fp32 (fp64 stays fp64), returned in x's dtype; differentiable
-    in x and T. One LU factorisation per block and sample; its inverse is applied one of two ways:
-      "solve":  2 * solve(I + P, x) - x, the tokens as right-hand sides of triangular solves;
-      "matmul": the same LU solved against the block identity gives R^T = 2 (I + P)^{-1} - I
-                (b x b per block), applied to the tokens with one batched GEMM.
-    They agree to fp32 rounding. "auto" takes "matmul" when a factorisation serves at least
-    block_size tokens (training, prefill): triangular solves with many right-hand sides run far
-    below GEMM speed (bench/bench_layer.py measures both), and "solve" otherwise (decoding).
+    One batched GEMM, (tokens of a sample) x b times b x b per block and sample, in x's dtype: the
+    fp32 blocks are cast to it (bf16 activations use bf16 GEMMs; under autocast the matmul is
+    autocast like any other). Differentiable in x and Rt.
     """
+    nb, b = Rt.shape[-3], Rt.shape[-1]
+    if Rt.shape[-2] != b:
+        raise ValueError(f"R^T blocks must be square, got {tuple(Rt.shape[-2:])}")
+    if x.shape[-1] != nb * b:
+        raise ValueError(f"x has {x.shape[-1]} features; {nb} blocks of {b} need {nb * b}")
+    batch = Rt.shape[:-3]
+    k = len(batch)
+    lead = x.shape[:-1]
+    if k > len(lead):
+        raise ValueError(f"the rotations have {k} leading dims but x only {len(lead)}")
+    per = lead[len(lead) - k:]
+    if any(rb not in (1, xp) for xp, rb in zip(per, batch)):
+        raise ValueError(f"the rotations' leading dims {tuple(batch)} do not line up with the trailing "
+                         f"leading dims of x {tuple(lead)} (each must match or be 1)")
+    shared = lead[: len(lead) - k]  # dims of x that share one rotation (e.g. the sequence)
+    xs = x.reshape(math.prod(shared), *per, nb, b).movedim(0, -2)   # (*per, nb, S, b): rows are tokens
+    y = torch.matmul(xs, Rt.to(x.dtype).transpose(-1, -2))          # (R^T x)^T = x^T R per block
+    return y.movedim(-2, 0).reshape(x.shape)
+
+
+def rotate_transposed(x: torch.Tensor, T: torch.Tensor, block_size: int) -> torch.Tensor:
+    """R^T x for the block-diagonal R built from T (shapes as in apply_rotation, T of
+    (*B, nb, b(b-1)/2)): `cayley_transposed` then `apply_rotation`. Where one rotation serves several
+    calls (the layers of a micro-batch, the decoding steps of an image), build it once instead."""
     nb, t = T.shape[-2], T.shape[-1]
     if x.shape[-1] != nb * block_size:
         raise ValueError(f"x has {x.shape[-1]} features; {nb} blocks of {block_size} need {nb * block_size}")
     if t != num_skew_params(block_size):
         raise ValueError(f"T has {t} entries per block; block_size={block_size} needs {num_skew_params(block_size)}")
-    batch = T.shape[:-2]
-    k = len(batch)
-    lead = x.shape[:-1]
-    if k > len(lead):
-        raise ValueError(f"T has {k} leading dims but x only {len(lead)}")
-    if any(tb not in (1, xp) for xp, tb in zip(lead[len(lead) - k:], batch)):
-        raise ValueError(f"T's leading dims {tuple(batch)} do not line up with the trailing leading "
-                         f"dims of x {tuple(lead)} (each must match or be 1)")
-    if apply not in ("auto", "solve", "matmul"):
-        raise ValueError(f"apply={apply!r}: choose 'auto', 'solve' or 'matmul'")
-    shared = lead[: len(lead) - k]  # dims of x that share one rotation (e.g. the sequence)
-    per = lead[len(lead) - k:]
-    tokens = 1
-    for d in shared:
-        tokens *= d
-    if apply == "auto":
-        apply = "matmul" if tokens >= block_size else "solve"
-
-    dtype = _solve_dtype(torch.promote_types(x.dtype, T.dtype))
-    eye = torch.eye(block_size, dtype=dtype, device=x.device)
-    with torch.autocast(x.device.type, enabled=False):  # the solve stays in fp32 under autocast
-        A = skew_from_tril(T.to(dtype), block_size) + eye
-        if k:
-            A = A.expand(*torch.broadcast_shapes(per, batch), nb, block_size, block_size)
-        xs = x.to(dtype).reshape(tokens, *per, nb, block_size)
-        if apply == "solve":  # (*per, nb, b, S): the tokens are right-hand sides
-            xs = xs.permute(*range(1, k + 1), k + 1, k + 2, 0)
-            y = 2.0 * torch.linalg.solve(A, xs) - xs
-            y = y.permute(k + 2, *range(0, k + 2))
-        else:                 # (*per, nb, S, b) @ R: rows are tokens, (R^T x)^T = x^T R
-            Rt = 2.0 * torch.linalg.solve(A, eye.expand_as(A)) - eye
-            xs = xs.permute(*range(1, k + 1), k + 1, 0, k + 2)
-            y = torch.matmul(xs, Rt.transpose(-1, -2))
-            y = y.permute(k + 1, *range(0, k + 1), k + 2)
-    return y.reshape(*shared, *per, nb * block_size).to(x.dtype)
+    return apply_rotation(x, cayley_transposed(T, block_size))

@@ -61,8 +61,12 @@ class VRMG(nn.Module):
             str(l): LayerGenerator(projections, blocks, block_sizes, visual_dim, width)
             for l in self.layers})
 
-    def forward(self, visual: torch.Tensor) -> dict:
-        """visual: (batch, tokens, visual_dim) -> {(layer, projection): T of (batch, blocks, b(b-1)/2)}."""
+    def forward(self, visual: torch.Tensor, select: dict | None = None) -> dict:
+        """visual: (batch, tokens, visual_dim) -> {(layer, projection): T of (batch, blocks, b(b-1)/2)}.
+
+        select: {projection: fn} maps that projection's query states (batch, blocks, width) to the
+        blocks to emit before its head runs (a tensor-parallel rank keeps its own blocks of o and
+        down: methods/rose/model.py); default every block."""
         gens = list(self.generators.values())
         g0 = gens[0]
         visual = visual.to(g0.kv_proj.weight.dtype)
@@ -88,5 +92,6 @@ class VRMG(nn.Module):
         nb = g0.blocks
         for li, (layer, gen) in enumerate(zip(self.layers, gens)):
             for pi, p in enumerate(gen.projections):
-                T[(layer, p)] = gen.to_T[p](h[li, :, pi * nb:(pi + 1) * nb])
+                hp = h[li, :, pi * nb:(pi + 1) * nb]
+                T[(layer, p)] = gen.to_T[p](select[p](hp) if select and p in select else hp)
         return T
