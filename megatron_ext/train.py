@@ -67,7 +67,8 @@ def _check_llm_weights(cfg: TrainConfig) -> None:
 
 def _log_trainable(summary: dict, trainable: list) -> None:
     """One line per parameter group (summed over TP/PP ranks; DP replicas are identical): whether
-    it trains, its tensors and elements. Every parameter's name: stages.py at debug level."""
+    it trains, its tensors and elements. Every parameter's name: Megatron's gradient-bucket list,
+    shown at debug level (LOG_LEVEL=DEBUG; training/quiet.py)."""
     from megatron.core import parallel_state as ps
 
     gathered = [None] * dist.get_world_size()
@@ -258,8 +259,8 @@ def main(argv=None) -> int:
     ap.add_argument("--world-size", type=int, help="with --dry-run: the processes the run will have "
                     "(default $WORLD_SIZE, else 1)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        stream=sys.stdout)
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),  # DEBUG: every parameter's name
+                        format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     os.environ.setdefault("WANDB_MODE", "offline")
     from megatron_ext.training import preflight
     from megatron_ext.training.step import NonFiniteLoss

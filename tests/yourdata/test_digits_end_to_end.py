@@ -7,7 +7,7 @@ ranking the ten captions above chance and above shuffled images by three standar
 computed by the evaluation from the number of held-out images.
 
 Slow (minutes on 2 cores): the SmolLM2 and EfficientNet conversions (once per session, or the
-folders in $PARAMVISION_SMOLLM2 / $PARAMVISION_EFFICIENTNET), a local Ray, 56 steps of a 135M model."""
+folders in $PARAMVISION_SMOLLM2 / $PARAMVISION_EFFICIENTNET), a local Ray, about 40 steps of a 135M model, 60 held-out images x 10 captions x 2."""
 
 import json
 import os
@@ -37,7 +37,7 @@ def digits(tmp_path_factory, smollm2_dir, efficientnet_dir):
     from pipeline.digits_data import write
 
     root = tmp_path_factory.mktemp("digits")
-    write(root / "images", root / "urls.csv", n=400)
+    write(root / "images", root / "urls.csv", n=300)
     _run(["pipeline/run.py", "--config", "configs/data/local_captions.yaml", "--set", f"input={root / 'urls.csv'}",
           "--set", f"output_dir={root / 'pipeline'}", "--set", "shard.validation=0.25"], root / "pipeline.log")
     shards = root / "pipeline" / "40_shards"
@@ -49,7 +49,8 @@ def digits(tmp_path_factory, smollm2_dir, efficientnet_dir):
                       "log.wandb=false"], root / "train.log")
     _run(["-m", "megatron_ext.export", "--checkpoint", root / "rose", "--out", root / "hf"], root / "export.log")
     _run(["-m", "megatron_ext.evaluate", f"digits={root / 'hf'}", "--data", shards / "validation_manifest.json",
-          "--label-template", TEMPLATE, "--parts", "labels,captions", "--out", root / "eval"], root / "eval.log")
+          "--label-template", TEMPLATE, "--parts", "labels,captions", "--max-images", "60", "--out", root / "eval"],
+         root / "eval.log")
     return root, train_log
 
 
@@ -60,7 +61,7 @@ def test_the_pipeline_holds_out_a_quarter_from_local_files(digits):
     d = pd.read_parquet(root / "pipeline" / "decisions.parquet")
     assert d.url.str.startswith("file://").all()
     kept = d[d.decision == "kept"]
-    assert len(kept) > 350 and (kept.split == "validation").sum() == round(0.25 * len(kept))
+    assert len(kept) > 270 and (kept.split == "validation").sum() == round(0.25 * len(kept))
 
 
 def test_training_validates_and_says_its_passes(digits):
@@ -85,7 +86,7 @@ def test_the_evaluation_finds_the_model_sees_the_digits(digits):
     root, _ = digits
     m = json.loads((root / "eval" / "results.json").read_text())["models"]["digits"]
     labels = m["labels"]
-    assert labels["images"] > 80 and len(labels["labels"]) == 10 and labels["chance"] == 0.1
+    assert labels["images"] == 60 and len(labels["labels"]) == 10 and labels["chance"] == 0.1
     assert labels["prompt"] == "Describe the image."  # read from the export
     assert labels["matched"] - labels["chance"] > 3 * labels["stderr_chance"], labels
     assert labels["matched"] - labels["shuffled"] > 3 * labels["stderr_vs_shuffled"], labels
