@@ -67,20 +67,30 @@ def markdown(results: dict) -> str:
                            ("stderr_vs_shuffled", "standard error of right - shuffled")):
             lines.append(row(label, lambda m: m["labels"][key]))
         lines.append("\n")
-    lines.append("## Caption loss and text perplexity\n\n" + head)
-    lines.append(row("caption loss, matched images (nats/token)", lambda m: m["captions"]["matched"]))
-    lines.append(row("caption loss, shuffled images (nats/token)", lambda m: m["captions"]["shuffled"]))
-    lines.append(row("shuffled - matched", lambda m: m["captions"]["shuffled_minus_matched"]))
-    lines.append(row("held-out text perplexity", lambda m: m["text"]["perplexity"], 2))
-    lines.append(f"\nHeld-out text: {results.get('text_source') or '-'}.\n\n## Cost per sample\n\n" + head)
-    lines.append(row("tokens of one sample", lambda m: m["cost"]["tokens"], 0))
-    lines.append(row("visual tokens per image", lambda m: m["cost"]["visual_tokens"], 0))
-    lines.append(row("LLM GFLOPs (flops.py)", lambda m: m["cost"]["llm_gflops"], 4))
-    lines.append(row("counted GFLOPs (torch, GEMM + conv)", lambda m: m["cost"]["counted_gflops"], 4))
-    lines.append(row("time to first token, median (s)", lambda m: m["latency"]["ttft_s"], 4))
-    lines.append(row("per generated token, median (s)", lambda m: m["latency"]["per_token_s"], 4))
-    lines.append(f"\nLatency per generate call of a batch of {results['batch_size']} on "
-                 f"{results['device']}.\n")
+    ran = set(results.get("parts") or ("captions", "text", "cost"))  # older results: every part
+    if ran & {"captions", "text"}:
+        lines.append("## Caption loss and text perplexity\n\n" + head)
+        if "captions" in ran:
+            lines.append(row("caption loss, matched images (nats/token)", lambda m: m["captions"]["matched"]))
+            lines.append(row("caption loss, shuffled images (nats/token)", lambda m: m["captions"]["shuffled"]))
+            lines.append(row("shuffled - matched", lambda m: m["captions"]["shuffled_minus_matched"]))
+        if "text" in ran:
+            lines.append(row("held-out text perplexity", lambda m: m["text"]["perplexity"], 2))
+            lines.append(f"\nHeld-out text: {results.get('text_source') or '-'}.\n")
+        lines.append("\n")
+    if "cost" in ran:
+        lines.append("## Cost per sample\n\n" + head)
+        lines.append(row("tokens of one sample", lambda m: m["cost"]["tokens"], 0))
+        lines.append(row("visual tokens per image", lambda m: m["cost"]["visual_tokens"], 0))
+        lines.append(row("LLM GFLOPs (flops.py)", lambda m: m["cost"]["llm_gflops"], 4))
+        lines.append(row("counted GFLOPs (torch, GEMM + conv)", lambda m: m["cost"]["counted_gflops"], 4))
+    if "cost" in ran or "vqa" in ran:
+        if "cost" not in ran:
+            lines.append("## Latency\n\n" + head)
+        lines.append(row("time to first token, median (s)", lambda m: m["latency"]["ttft_s"], 4))
+        lines.append(row("per generated token, median (s)", lambda m: m["latency"]["per_token_s"], 4))
+        lines.append(f"\nLatency per generate call of a batch of {results['batch_size']} on "
+                     f"{results['device']}.\n")
     return "".join(lines)
 
 

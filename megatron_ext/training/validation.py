@@ -77,8 +77,9 @@ class Validator:
         if not self.matched:
             raise ConfigError(f"validation: fewer readable samples in {manifest} than one micro-batch "
                               f"({mbs}); raise shard.validation")
-        log.info("validation: every %d steps, %d micro-batches of %d per rank from %s", self.every,
-                 len(self.matched), mbs, manifest)
+        if dp_rank == 0 and torch.distributed.get_rank() == 0:
+            log.info("validation: every %d steps, %d micro-batches of %d per rank from %s", self.every,
+                     len(self.matched), mbs, manifest)
 
     def due(self, step: int, last: int) -> bool:
         return self.every > 0 and (step % self.every == 0 or step == last)
