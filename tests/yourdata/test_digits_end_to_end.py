@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = "a photo of the digit {}"
 
 
-def _run(cmd, log: Path, timeout=1500):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
+def _run(cmd, log: Path, timeout=2400):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, *map(str, cmd)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
     log.write_text(proc.stdout + proc.stderr)
