@@ -24,6 +24,7 @@ from megatron_ext.core.vlm import VisionLanguageModel
 from megatron_ext.data.loader import pixel_stats
 from megatron_ext.hf.decoder import hf_text_config, megatron_to_hf
 from megatron_ext.hf.chat_template import chat_template
+from megatron_ext.hf import training_text
 from megatron_ext.methods import get_method
 from megatron_ext.methods.training import build_training_model
 from megatron_ext.model_card import run_config_dir, write_model_card
@@ -170,9 +171,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir
     else:  # trained on features: the encoder's own processor
         image_processor = AutoImageProcessor.from_pretrained(image_processor_dir or vision_dir)
     log.info("exporting %s (%s, step directory %s)", run_dir, cfg.model.method, path.name)
-    return export_model(model, preset["llm"], out_dir, AutoTokenizer.from_pretrained(tokenizer_dir),
-                        image_processor, max_shard_size=max_shard_size, overwrite=overwrite,
-                        run_dir=run_dir, evaluation=evaluation)
+    out = export_model(model, preset["llm"], out_dir, AutoTokenizer.from_pretrained(tokenizer_dir),
+                       image_processor, max_shard_size=max_shard_size, overwrite=overwrite,
+                       run_dir=run_dir, evaluation=evaluation)
+    training_text.record(out, cfg.data)  # the prompt the evaluation reads back; files 0644
+    return out
 
 
 def training_image_processor(cfg, given_dir: str | None = None):

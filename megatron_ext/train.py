@@ -22,9 +22,11 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from megatron_ext.training import quiet  # first: Megatron-Core's fallback warnings fire at import
 from megatron_ext.device import host_tensor, place_model
 from megatron_ext.hf.decoder import load_llm
-from megatron_ext.training.config import ConfigError, TrainConfig, load_config, num_microbatches, validate
+from megatron_ext.training.config import (ConfigError, TrainConfig, load_config, num_microbatches, resolve_steps,
+                                          validate)
 from megatron_ext.training.dry_run import describe
 from pvcommon.argparser import ArgumentParser
 from pvcommon import lifetime  # at import: a writer a worker spawns takes its guard
@@ -64,15 +66,37 @@ def _check_llm_weights(cfg: TrainConfig) -> None:
 
 
 def _log_trainable(summary: dict, trainable: list) -> None:
-    """One line per TP/PP rank (DP replicas are identical): every group's tensors and elements."""
+    """One line per parameter group (summed over TP/PP ranks; DP replicas are identical): whether
+    it trains, its tensors and elements. Every parameter's name: Megatron's gradient-bucket list,
+    shown at debug level (LOG_LEVEL=DEBUG; training/quiet.py)."""
     from megatron.core import parallel_state as ps
 
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, (ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(), summary))
     if dist.get_rank() == 0:
-        for (tp, pp), s in sorted({(tp, pp): s for tp, pp, s in gathered}.items()):
-            parts = ", ".join(f"{g}{'*' if g in trainable else ''} {n} ({e:,})" for g, (n, e) in s.items() if n)
-            log.info("params TP%d/PP%d: %s   (* = trains)", tp, pp, parts)
+        shards = {(tp, pp): s for tp, pp, s in gathered}.values()
+        for group in summary:
+            tensors, elements = (sum(s[group][k] for s in shards) for k in (0, 1))
+            if tensors:
+                log.info("params %-10s %-6s %5d tensors %14s elements", group,
+                         "trains" if group in trainable else "frozen", tensors, f"{elements:,}")
+
+
+def _steps_from_data(cfg: TrainConfig, samples: int, rank0: bool) -> TrainConfig:
+    """train.epochs -> train.steps for this data; the resolved config goes into the run directory
+    (config.yaml: what an export or a resumed run reads). Logs how many passes the run makes."""
+    epochs = cfg.train.epochs
+    cfg = resolve_steps(cfg, samples)
+    passes = cfg.train.steps * cfg.train.global_batch_size / samples
+    if rank0:
+        run_dir = Path(cfg.log.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        source = f"train.epochs={epochs:g} -> " if epochs is not None else ""
+        log.info("data: %s%d steps x global batch %d = %.2f passes over %d training %s", source,
+                 cfg.train.steps, cfg.train.global_batch_size, passes, samples,
+                 "question-answer pairs" if cfg.data.task == "qa" else "samples")
+    return cfg
 
 
 def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
@@ -81,7 +105,7 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     whether it trains and whether this run changed it (tests check trainable sets with it)."""
     from megatron.core import parallel_state as ps
 
-    from megatron_ext.data.loader import build_loader, image_tokens
+    from megatron_ext.data.loader import build_loader, image_tokens, samples_per_epoch
     from megatron_ext.methods.training import (build_training_model, check_training, load_previous_stage,
                                                train_dtype, trainable_groups)
     from megatron_ext.parallel import init_parallel
@@ -89,6 +113,7 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     from megatron_ext.training.grads import make_finalize
     from megatron_ext.training.metrics import Metrics, peak_memory_gib
     from megatron_ext.training.step import MicroBatches, NonFiniteLoss, train_step
+    from megatron_ext.training.validation import Validator
 
     from megatron_ext.training import preflight
 
@@ -99,11 +124,10 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     init_parallel(cfg.parallel.tensor, cfg.parallel.pipeline, cfg.train.seed)
     validate(cfg, dist.get_world_size())
     rank0 = dist.get_rank() == 0
+    if rank0:
+        log.info(quiet.fallback_summary())
     run_dir = Path(cfg.log.run_dir)
     ckpt_root = run_dir / "checkpoints"
-    if rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     dtype = train_dtype(cfg)
     nmb = num_microbatches(cfg, dp)
 
@@ -112,6 +136,7 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
     if cfg.model.llm_weights:
         _check_llm_weights(cfg)
     preset, model = build_training_model(cfg, dtype, trainable)
+    quiet.demote_bucket_lists()
     summary = stages.apply_trainable(model, trainable)
     _log_trainable(summary, trainable)
 
@@ -128,12 +153,14 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
         load_llm(model.injected.language_model, cfg.model.llm_weights)
 
     place_model(model)  # every part, frozen or not, on this rank's GPU before DDP (no-op on CPU)
+    loader = build_loader(cfg, preset, ps.get_data_parallel_rank(), dp)
+    cfg = _steps_from_data(cfg, samples_per_epoch(loader, cfg), rank0)
+    validator = Validator(cfg, preset, ps.get_data_parallel_rank(), dp) if cfg.validation.every else None
     ddp = optim.wrap_ddp(model, cfg)
     optimizer = optim.build_optimizer(ddp, cfg, dtype)
     scheduler = optim.build_scheduler(optimizer, cfg)
     model.config.finalize_model_grads_func = make_finalize(model)
     model.config.grad_scale_func = optimizer.scale_loss
-    loader = build_loader(cfg, preset, ps.get_data_parallel_rank(), dp)
     if rank0:
         log.info("method=%s stage=%s trainable=%s | world=%d TP=%d PP=%d DP=%d | global batch %d = "
                  "%d micro-batches x %d x DP | %s on %s | optimizer: Megatron %s (%s)",
@@ -172,6 +199,8 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
             if "distill_loss" in out:  # VoRA pre-training: total loss = loss + distill_loss
                 distill_losses.append(out["distill_loss"])
                 extra["distill_loss"] = out["distill_loss"]
+            if validator is not None and validator.due(step, cfg.train.steps):
+                extra.update(validator.run(model))
             corrupt = host_tensor([float(loader.corrupt)])
             dist.all_reduce(corrupt)  # summed over every process; each DP rank reads its own
             metrics.step(dict(
@@ -230,8 +259,8 @@ def main(argv=None) -> int:
     ap.add_argument("--world-size", type=int, help="with --dry-run: the processes the run will have "
                     "(default $WORLD_SIZE, else 1)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        stream=sys.stdout)
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),  # DEBUG: every parameter's name
+                        format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     os.environ.setdefault("WANDB_MODE", "offline")
     from megatron_ext.training import preflight
     from megatron_ext.training.step import NonFiniteLoss

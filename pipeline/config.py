@@ -107,6 +107,10 @@ class ShardConfig:
     seed: int = 0
     drop_last: bool = False
     prefix: str = "train"
+    # held-out samples for validation and evaluation: a fraction of the kept samples (0 < x < 1) or
+    # a count (a whole number >= 1), drawn with `seed` before the training shards are cut; 0: none
+    validation: float = 0
+    validation_prefix: str = "val"
 
 
 @dataclass
@@ -123,6 +127,8 @@ class PipelineConfig:
     caption_col: str = "caption"
     # more URL-list columns carried per sample into every shard's .json (e.g. easy-VQA's "qa")
     extra_columns: list = field(default_factory=list)
+    # accept file:// URLs (your own images on this machine); a URL list from the web keeps it off
+    local_files: bool = False
     ray: RayConfig = field(default_factory=RayConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     recaption: RecaptionConfig = field(default_factory=RecaptionConfig)
@@ -170,6 +176,13 @@ def _validate(cfg: PipelineConfig) -> None:
             raise ConfigError(f"{section}.{name}: must be > 0")
     if cfg.recaption.enabled and not cfg.recaption.model:
         raise ConfigError("recaption.model: required when recaption.enabled is true (a local checkpoint directory)")
+    v = cfg.shard.validation
+    if v < 0 or (v >= 1 and v != int(v)):
+        raise ConfigError(f"shard.validation: {v!r}; give a fraction of the kept samples (0 < x < 1), "
+                          f"a whole number of samples (>= 1), or 0 for no held-out split")
+    if cfg.shard.validation_prefix == cfg.shard.prefix:
+        raise ConfigError(f"shard.validation_prefix: {cfg.shard.validation_prefix!r} is also shard.prefix; "
+                          f"name the validation shards differently")
     if cfg.filter.max_aspect_ratio < 1:
         raise ConfigError("filter.max_aspect_ratio: must be >= 1")
     from pipeline.text_checks import SCRIPTS  # late: keeps config importable alone

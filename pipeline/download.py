@@ -120,7 +120,7 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
                                              input=os.path.abspath(cfg.input), url_col=cfg.url_col,
                                              caption_col=cfg.caption_col,
                                              **({"extra_columns": cfg.extra_columns} if cfg.extra_columns else {})))
-    _, todo = prepare(cfg.input, cfg.url_col, cfg.caption_col, in_dir)
+    _, todo = prepare(cfg.input, cfg.url_col, cfg.caption_col, in_dir, cfg.local_files)
     todo = with_extra_columns(cfg, todo, in_dir)
     d = cfg.download
     distributor = d.distributor

@@ -83,13 +83,15 @@ def _decode(values: pa.ChunkedArray) -> list:
 _BAD = object()
 
 
-def prepare(input_path: str, url_col: str, caption_col: str, out_dir: str):
-    """Writes urls.parquet (every row), decisions.parquet and to_download.parquet (passing rows)."""
+def prepare(input_path: str, url_col: str, caption_col: str, out_dir: str, local_files: bool = False):
+    """Writes urls.parquet (every row), decisions.parquet and to_download.parquet (passing rows).
+    local_files: file:// URLs pass too (img2dataset opens them with urllib like http URLs)."""
     t = read_raw(input_path, url_col, caption_col)
     urls, caps = _decode(t.column(url_col)), _decode(t.column(caption_col))
+    schemes = ("http://", "https://") + (("file://",) if local_files else ())
     seen, rows, keep = set(), [], []
     for uid, (url, cap) in enumerate(zip(urls, caps)):
-        if url is _BAD or not url or not url.strip().lower().startswith(("http://", "https://")):
+        if url is _BAD or not url or not url.strip().lower().startswith(schemes):
             reason = "invalid_url"
         elif cap is _BAD:
             reason = "caption_not_utf8"

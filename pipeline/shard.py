@@ -1,6 +1,9 @@
 """Stage 4: the filter's kept samples, shuffled with a seed into training shards of a fixed size,
-each with a DALI index; a manifest the training loader reads. Deterministic: the same inputs and
-config give byte-identical shards, so a killed run resumes by skipping finished shards."""
+each with a DALI index; a manifest the training loader reads. With shard.validation, a seeded
+held-out part of the kept samples goes into validation shards first (validation_manifest.json,
+the same format; decisions.parquet's `split` column says which part each sample went to).
+Deterministic: the same inputs and config give byte-identical shards, so a killed run resumes by
+skipping finished shards."""
 from __future__ import annotations
 
 import glob
@@ -18,7 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline import accounting
-from pipeline.config import PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig
 from pipeline.dali_index import write_index
 from pipeline.fsio import read_at, remove_stale_temps, shard_name, tar_index, write_bytes_atomic, write_tar_atomic
 from pipeline.samples import parse, sample_key
@@ -35,6 +38,31 @@ def plan(kept: pd.DataFrame, samples_per_shard: int, seed: int, drop_last: bool)
     cut = n_full * samples_per_shard if drop_last else len(order)
     chunks = [order.iloc[i:i + samples_per_shard] for i in range(0, cut, samples_per_shard)]
     return chunks, order.iloc[cut:]
+
+
+TRAIN, VALIDATION = "train", "validation"  # decisions.parquet's `split` values
+VALIDATION_MANIFEST = "validation_manifest.json"
+
+
+def validation_count(n_kept: int, validation: float) -> int:
+    """shard.validation as a number of samples: a fraction of n_kept (at least one) or a count."""
+    if not validation:
+        return 0
+    n = max(1, round(validation * n_kept)) if validation < 1 else int(validation)
+    if n >= n_kept:
+        raise ValueError(f"shard.validation={validation} holds out {n} of {n_kept} kept samples and leaves "
+                         f"none to train on; hold out fewer")
+    return n
+
+
+def hold_out(kept: pd.DataFrame, validation: float, seed: int) -> tuple:
+    """-> (training samples, held-out samples): a seeded draw, independent of the listing order and
+    of the training shards' own shuffle (another stream of the same seed)."""
+    n = validation_count(len(kept), validation)
+    order = kept.sort_values("uid").reset_index(drop=True)
+    pick = np.zeros(len(order), dtype=bool)
+    pick[np.random.default_rng([seed, 1]).permutation(len(order))[:n]] = True
+    return order[~pick].reset_index(drop=True), order[pick].reset_index(drop=True)
 
 
 def _training_sample(s: dict, caption_source: str) -> dict:
@@ -64,13 +92,16 @@ def write_shard(chunk: pd.DataFrame, sources: dict, path: str, indexes: dict) ->
 def _forget_other_plans(out: str, chunks: list, cfg: PipelineConfig) -> None:
     """Finished shards are reused only if they belong to this exact plan (samples, order, text);
     shards of another plan (new seed, new filter output) are deleted and rewritten (cheap)."""
+    sc = cfg.shard
     digest = hashlib.sha256(json.dumps([[int(u) for u in c.uid] for c in chunks] +
                                        [[str(t) for t in c.caption_source] for c in chunks] +
-                                       [cfg.filter.text_field, cfg.recaption.enabled, cfg.shard.prefix]).encode())
+                                       [cfg.filter.text_field, cfg.recaption.enabled, sc.prefix,
+                                        sc.validation_prefix]).encode())
     path = os.path.join(out, "plan.sha256")
     if os.path.exists(path) and open(path).read() == digest.hexdigest():
         return
-    stale = glob.glob(os.path.join(out, f"{cfg.shard.prefix}-*.tar")) + glob.glob(os.path.join(out, f"{cfg.shard.prefix}-*.idx"))
+    stale = [p for prefix in (sc.prefix, sc.validation_prefix) for ext in ("tar", "idx")
+             for p in glob.glob(os.path.join(out, f"{prefix}-*.{ext}"))]
     if stale:
         log.warning("shard: %d files in %s belong to another plan; rewriting them", len(stale), out)
     for p in stale:
@@ -87,13 +118,41 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
     sc, out = cfg.shard, cfg.stage_dir(SHARD)
     os.makedirs(out, exist_ok=True)
     remove_stale_temps(out)
-    chunks, rest = plan(kept, sc.samples_per_shard, sc.seed, sc.drop_last)
-    _forget_other_plans(out, chunks, cfg)
+    try:
+        train, held_out = hold_out(kept, sc.validation, sc.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    chunks, rest = plan(train, sc.samples_per_shard, sc.seed, sc.drop_last)
+    val_chunks, _ = plan(held_out, sc.samples_per_shard, sc.seed, drop_last=False)
+    _forget_other_plans(out, chunks + val_chunks, cfg)
     sources = {shard_name(p): p for p in source_shards(cfg, "filter")}
-    indexes, entries = {}, []
-    done = 0
-    for i, chunk in enumerate(tqdm(chunks, desc="shard: write", unit="shard")):
-        name = f"{sc.prefix}-{i:06d}"
+    indexes = {}
+    entries = _write_shards(chunks, sc.prefix, out, sources, indexes)
+    val_entries = _write_shards(val_chunks, sc.validation_prefix, out, sources, indexes)
+    log.info("shard: %d training shards, %d samples; %d validation shards, %d samples", len(chunks),
+             len(train) - len(rest), len(val_chunks), len(held_out))
+    dropped, validation = set(rest.uid), set(held_out.uid)
+    rows = sorted([(int(u), "shard", accounting.DROP if u in dropped else accounting.PASS,
+                    "shard_remainder" if u in dropped else "") for u in kept.uid])
+    split = ["" if u in dropped else VALIDATION if u in validation else TRAIN for u, *_ in rows]
+    accounting.write(os.path.join(out, "decisions.parquet"), rows, extra={"split": split})
+    decisions = accounting.read([os.path.join(out, "decisions.parquet")])
+    if val_entries:
+        write_bytes_atomic(os.path.join(out, VALIDATION_MANIFEST), json.dumps(dict(
+            _manifest(val_entries, cfg, held_out), split=VALIDATION), indent=2).encode())
+    elif os.path.exists(os.path.join(out, VALIDATION_MANIFEST)):
+        os.remove(os.path.join(out, VALIDATION_MANIFEST))  # of an earlier plan with a held-out split
+    manifest = dict(_manifest(entries, cfg, train[~train.uid.isin(dropped)]), split=TRAIN,
+                    validation_manifest=VALIDATION_MANIFEST if val_entries else None,
+                    num_validation_samples=len(held_out))
+    write_bytes_atomic(os.path.join(out, "manifest.json"), json.dumps(manifest, indent=2).encode())
+    return decisions
+
+
+def _write_shards(chunks: list, prefix: str, out: str, sources: dict, indexes: dict) -> list:
+    entries, done = [], 0
+    for i, chunk in enumerate(tqdm(chunks, desc=f"shard: write {prefix}", unit="shard")):
+        name = f"{prefix}-{i:06d}"
         tar, idx = os.path.join(out, name + ".tar"), os.path.join(out, name + ".idx")
         if os.path.exists(tar) and os.path.exists(idx):
             done += 1  # finished by an earlier run: both files are only ever renamed into place
@@ -101,22 +160,22 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
             write_shard(chunk, sources, tar, indexes)
             write_index(tar, idx)
         entries.append({"tar": name + ".tar", "idx": name + ".idx", "samples": len(chunk)})
-    log.info("shard: %d shards (%d from an earlier run), %d samples", len(chunks), done, len(kept) - len(rest))
-    rows = [(int(u), "shard", accounting.PASS, "") for u in kept.uid if u not in set(rest.uid)]
-    rows += [(int(u), "shard", accounting.DROP, "shard_remainder") for u in rest.uid]
-    decisions = accounting.table(sorted(rows)).to_pandas()
-    accounting.write(os.path.join(out, "decisions.parquet"), decisions.itertuples(index=False))
-    manifest = {
+    if done:
+        log.info("shard: %d %s shards from an earlier run", done, prefix)
+    return entries
+
+
+def _manifest(entries: list, cfg: PipelineConfig, samples: pd.DataFrame) -> dict:
+    sc = cfg.shard
+    return {
         "format": "webdataset", "fields": {"jpg": "image", "txt": "training text", "json": "metadata (alt_text, caption, caption_source, ...)"},
         "shards": entries, "num_shards": len(entries), "num_samples": sum(e["samples"] for e in entries),
         "samples_per_shard": sc.samples_per_shard, "seed": sc.seed,
         "text_field": cfg.filter.text_field, "recaptioned": cfg.recaption.enabled,
-        "caption_sources": {str(k): int(v) for k, v in kept[~kept.uid.isin(set(rest.uid))]
-                            .caption_source.value_counts().sort_index().items()},
+        "caption_sources": {str(k): int(v) for k, v in samples.caption_source.value_counts().sort_index().items()},
+        "extra_columns": list(cfg.extra_columns),
         "config_hash": cfg.hash("download", "recaption", "filter", "shard"),
     }
-    write_bytes_atomic(os.path.join(out, "manifest.json"), json.dumps(manifest, indent=2).encode())
-    return decisions
 
 
 def main(argv=None):

@@ -6,6 +6,7 @@ counted; the rank takes its next sample instead, so a bad sample never stops tra
 
 from __future__ import annotations
 
+import json
 import logging
 
 import torch
@@ -66,6 +67,24 @@ def pixel_stats(cfg) -> tuple[tuple, tuple]:
     return tower_pixel_stats(cfg.model.vision_weights)
 
 
+def shard_dataset(cfg, preset: dict, manifest: str):
+    """The pipeline's shards at `manifest` as training reads them (tokenizer, prompt, task, image
+    size and statistics of cfg): the training data, or its held-out validation shards."""
+    from megatron_ext.data.shards import ShardDataset
+    from megatron_ext.data.text import build_tokenizer
+
+    d = cfg.data
+    return ShardDataset(manifest, build_tokenizer(d.tokenizer), d.prompt, d.seq_length, d.image_size,
+                        image_tokens(cfg, preset), *pixel_stats(cfg), task=d.task)
+
+
+def samples_per_epoch(loader, cfg) -> int:
+    """Training items in one pass over the data: samples (caption) or question-answer pairs (qa)."""
+    if isinstance(loader, MicroBatchLoader):
+        return len(loader.dataset)
+    return int(json.loads(open(cfg.data.manifest).read())["num_samples"])  # DALI reads every sample
+
+
 def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int) -> MicroBatchLoader:
     d = cfg.data
     if d.kind == "synthetic":
@@ -75,11 +94,7 @@ def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int) -> MicroBatchLoa
                                         preset["vision"]["hidden_size"], preset["llm"]["vocab_size"],
                                         seed=d.seed)
     elif d.kind == "webdataset":
-        from megatron_ext.data.shards import ShardDataset
-        from megatron_ext.data.text import build_tokenizer
-
-        dataset = ShardDataset(d.manifest, build_tokenizer(d.tokenizer), d.prompt, d.seq_length,
-                               d.image_size, image_tokens(cfg, preset), *pixel_stats(cfg), task=d.task)
+        dataset = shard_dataset(cfg, preset, d.manifest)
     elif d.kind == "dali":
         if d.task != "caption":
             raise ValueError(f"data.task={d.task} reads each sample's question-answer pairs, which the "

@@ -126,6 +126,11 @@ class ShardDataset:
     def __len__(self) -> int:
         return len(self.items)
 
+    def image_key(self, i: int) -> tuple:
+        """Which image item i shows (items of one sample's question-answer pairs share it)."""
+        tar, fields, _ = self.items[i]
+        return str(tar), min(fields.values())
+
     def __getitem__(self, i: int):
         tar, fields, pair = self.items[i]
         image_ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in fields), None)

@@ -1,14 +1,13 @@
-"""Caption loss with matched vs shuffled images on held-out captioned images: the easy-VQA TEST
-images (never trained on) with the alt-text their own questions give ("a red triangle",
-megatron_ext/data/easyvqa.py alt_text), in the training prompt format (data.prompt as the user
-turn, the caption + end-of-turn as the assistant's). Nats per caption token; an image-blind model
-scores the same on both."""
+"""Caption loss with matched vs shuffled images on held-out captioned images (any data set,
+evaluate/data.py; for easy-VQA the TEST images, never trained on, with the alt-text their own
+questions give, "a red triangle", megatron_ext/data/easyvqa.py alt_text), in the training prompt
+format (data.prompt as the user turn, the caption + end-of-turn as the assistant's). Nats per
+caption token; an image-blind model scores the same on both."""
 
 from __future__ import annotations
 
 from megatron_ext.evaluate.vqa import derangement
-
-DEFAULT_PROMPT = "Describe the image."  # the main job's data.prompt (configs/train/main/*.yaml)
+from megatron_ext.training.config import DEFAULT_PROMPT  # training's data.prompt default
 
 
 def captioned_test_images(image_ids: set | None = None) -> list[tuple[int, str, str]]:
@@ -19,8 +18,9 @@ def captioned_test_images(image_ids: set | None = None) -> list[tuple[int, str, 
             if image_ids is None or s.image_id in image_ids]
 
 
-def caption_loss(scorer, images: list[tuple[int, str, str]], prompt: str = DEFAULT_PROMPT,
+def caption_loss(scorer, images: list[tuple], prompt: str = DEFAULT_PROMPT,
                  batch_size: int = 16, seed: int = 0, progress=None) -> dict:
+    """images: (key, image path or PIL image, caption)."""
     other = derangement([i for i, _, _ in images], seed)
     path = {i: p for i, p, _ in images}
     rendered = scorer.prompt(prompt)

@@ -2,14 +2,16 @@
 `huggingface` chat model prompts it: `processor.apply_chat_template(messages)` with an image part,
 then `processor(images=, text=)`, then `model.generate` (or one forward for log-probabilities).
 
-Works on an export (ParamVisionForCausalLM and its processor) and on a plain causal LM folder (the
-base LLM: its tokenizer, prompted with the template an export of it would carry; it sees no image).
+Works on an export (ParamVisionForCausalLM and its processor, or a native LLaVA export:
+LlavaForConditionalGeneration) and on a plain causal LM folder (the base LLM: its tokenizer,
+prompted with the template an export of it would carry; it sees no image).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import json
 import statistics
 import time
 from pathlib import Path
@@ -17,6 +19,21 @@ from pathlib import Path
 import torch
 from PIL import Image
 from transformers import LogitsProcessor
+
+from megatron_ext.hf import training_text
+
+
+def _model_class(path: Path, default):
+    """The class to load a folder with: its remote code's (auto_map: AutoModelForCausalLM), else
+    the transformers class its config names (a native export, e.g. LlavaForConditionalGeneration,
+    which AutoModelForCausalLM does not map), else `default` (a plain causal LM)."""
+    import transformers
+
+    config = json.loads((path / "config.json").read_text())
+    if "auto_map" in config:
+        return default
+    named = next(iter(config.get("architectures") or []), None)
+    return getattr(transformers, named, None) or default if named else default
 
 
 @functools.lru_cache(maxsize=4096)
@@ -48,7 +65,8 @@ class ExportScorer:
             raise FileNotFoundError(f"{path} has no config.json: pass an export folder (python -m "
                                     "megatron_ext.export) or a training run directory")
         self.path, self.device = path, torch.device(device)
-        self.model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=dtype)
+        self.model = _model_class(path, AutoModelForCausalLM).from_pretrained(path, trust_remote_code=True, dtype=dtype)
+        self.training = training_text.read(path)  # the export's data.prompt and task, if recorded
         self.model.to(self.device).eval()
         self.sees_images = "pixel_values" in inspect.signature(self.model.forward).parameters
         if self.sees_images:

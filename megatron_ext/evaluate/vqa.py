@@ -12,6 +12,11 @@ prompt / generate / continuation_logprobs), with the controls that say what the 
 
 What the image adds is matched minus shuffled (the same model without the right image) and
 matched minus prior (the best image-blind answer).
+
+Per kind of question (Question.kind; for easy-VQA shape, colour and yes/no, evaluate/data.py),
+`per_kind` holds the same numbers over that kind's questions; `yes_no_balanced` is the mean of the
+accuracies on questions whose true answer is yes and on those whose answer is no (a model that
+always says "no" scores 0.5 there, whatever the share of no answers).
 """
 
 from __future__ import annotations
@@ -36,16 +41,22 @@ class Question:
     text: str
     answer: str
     image_id: int
-    image_path: str
+    image_path: object  # a path or a PIL image
+    kind: str = ""      # shape, colour, yes/no, ... (per-kind accuracies)
 
 
 def heldout_questions(limit: int | None = None) -> list[Question]:
-    """The first `limit` test questions, in image order (all 9,673 without a limit)."""
-    from megatron_ext.data.easyvqa import load_split
+    """The first `limit` easy-VQA test questions, in image order (all 9,673 without a limit)."""
+    from megatron_ext.evaluate.data import from_easyvqa
 
-    out = [Question(q, a, s.image_id, s.image_path) for s in load_split("test") for q, a in s.pairs]
+    return questions_of(from_easyvqa(), limit)
+
+
+def questions_of(samples: list, limit: int | None = None) -> list[Question]:
+    """The first `limit` question-answer pairs of evaluate/data.py samples, in sample order."""
     if limit is not None and limit < 1:
         raise ValueError(f"--limit {limit}: give a positive number of questions")
+    out = [Question(p.question, p.answer, s.key, s.image, p.kind) for s in samples for p in s.qa]
     return out[:limit]
 
 
@@ -133,7 +144,40 @@ def accuracy(predicted: list[str], questions: list[Question]) -> float:
     return sum(normalize(p) == normalize(q.answer) for p, q in zip(predicted, questions)) / len(questions)
 
 
+def balanced_yes_no(predicted: list[str], questions: list[Question]) -> float | None:
+    """Mean of the accuracy on yes-questions and on no-questions; None without both."""
+    per = []
+    for truth in ("yes", "no"):
+        idx = [i for i, q in enumerate(questions) if normalize(q.answer) == truth]
+        if not idx:
+            return None
+        per.append(accuracy([predicted[i] for i in idx], [questions[i] for i in idx]))
+    return sum(per) / 2
+
+
+def _accuracies(predictions: dict, prior_answers: list, questions: list, idx: list, kinds: tuple,
+                score=accuracy) -> dict:
+    """matched / shuffled per decoding kind, prior, and image_adds over the questions at idx."""
+    pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+    qs = pick(questions)
+    out = {kind: {view: score(pick(predictions[(kind, view)]), qs) for view in ("matched", "shuffled")}
+           for kind in kinds}
+    out["prior"] = score(pick(prior_answers), qs)
+    out["image_adds"] = {}
+    for kind in kinds:
+        m, sh = out[kind]["matched"], out[kind]["shuffled"]
+        out["image_adds"][f"{kind}_vs_shuffled"] = None if m is None or sh is None else m - sh
+        out["image_adds"][f"{kind}_vs_prior"] = None if m is None or out["prior"] is None else m - out["prior"]
+    out["questions"] = len(idx)
+    return out
+
+
 KINDS = ("greedy", "ranking")
+
+
+def _name(image, image_id) -> str:
+    """A record's image: its path, or its key in the data set when it has none (an image in memory)."""
+    return image if isinstance(image, str) else f"#{image_id}"
 
 
 def evaluate_vqa(scorer, questions: list[Question], prior: QuestionPrior, answers: tuple,
@@ -144,6 +188,7 @@ def evaluate_vqa(scorer, questions: list[Question], prior: QuestionPrior, answer
     if not kinds or set(kinds) - set(KINDS):
         raise ValueError(f"VQA kinds {kinds}: choose from {KINDS}")
     views = {"matched": [q.image_path for q in questions], "shuffled": shuffled_paths(questions, seed)}
+    other_id = derangement([q.image_id for q in questions], seed)
     predictions: dict = {}
     for view, images in views.items():
         if "greedy" in kinds:
@@ -166,9 +211,17 @@ def evaluate_vqa(scorer, questions: list[Question], prior: QuestionPrior, answer
     # the binomial standard error of an accuracy near the prior's: the noise floor of a difference
     summary["stderr"] = math.sqrt(max(summary["prior"] * (1 - summary["prior"]), 1e-12) / n)
     summary["questions"], summary["images"] = n, len({q.image_id for q in questions})
+    by_kind: dict = {}
+    for i, q in enumerate(questions):
+        by_kind.setdefault(q.kind or "all", []).append(i)
+    summary["per_kind"] = {k: _accuracies(predictions, prior_answers, questions, idx, kinds)
+                           for k, idx in sorted(by_kind.items())}
+    yes_no = [i for i, q in enumerate(questions) if normalize(q.answer) in ("yes", "no")]
+    summary["yes_no_balanced"] = (_accuracies(predictions, prior_answers, questions, yes_no, kinds,
+                                              balanced_yes_no) if yes_no else None)
     summary["ranking_score"] = "sum of answer-token + end-of-turn log-probabilities"
-    records = [{"question": q.text, "answer": q.answer, "image_id": q.image_id,
-                "shuffled_image": views["shuffled"][i], "prior": prior_answers[i],
+    records = [{"question": q.text, "answer": q.answer, "kind": q.kind, "image_id": q.image_id,
+                "shuffled_image": _name(views["shuffled"][i], other_id[q.image_id]), "prior": prior_answers[i],
                 **{f"{kind}_{view}": predictions[(kind, view)][i] for kind, view in predictions}}
                for i, q in enumerate(questions)]
     return summary, records

@@ -6,6 +6,8 @@ rank never materialises the full model."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import torch
@@ -61,3 +63,11 @@ class SafetensorsDir:
         if dim == 0:
             return s[start:stop]
         return s[:, start:stop]
+
+
+def make_readable(folder: str | Path) -> None:
+    """Every file of an export 0644 like the rest: the safetensors writer leaves its shards 0600
+    (a temporary file renamed into place), which other users and containers cannot read."""
+    for f in Path(folder).iterdir():
+        if f.is_file():
+            os.chmod(f, os.stat(f).st_mode | stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)

@@ -8,11 +8,16 @@ built, with messages that say what to change.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
 from pvcommon import config as shared
 from pvcommon.config import ConfigError  # noqa: F401  (training's name for it; exit code 2)
+
+# the user turn before a caption (data.task caption): training's default, written into the export
+# (megatron_ext/hf/training_text.py), which the evaluation reads
+DEFAULT_PROMPT = "Describe the image."
 
 
 @dataclass
@@ -36,7 +41,7 @@ class DataSection:
     manifest: Optional[str] = None       # the data pipeline's manifest.json (webdataset, dali)
     tokenizer: str = "bytes"             # "bytes" (offline byte-level) or a local tokenizer dir
     seq_length: int = 32
-    prompt: str = ""                     # text before the caption; its tokens carry no loss
+    prompt: str = DEFAULT_PROMPT         # user turn before the caption; its tokens carry no loss
     task: str = "caption"                # caption | qa (each sample's question -> answer, loss on the answer)
     image_size: int = 224
     seed: int = 1234
@@ -48,7 +53,7 @@ class DataSection:
 @dataclass
 class TrainSection:
     stage: str = "s1"
-    steps: int = 20
+    steps: Optional[int] = None          # optimizer steps; or epochs (exactly one of the two)
     micro_batch_size: int = 2
     global_batch_size: int = 8
     trainable: Optional[list] = None     # parameter groups; None: the method's default for the stage
@@ -61,6 +66,9 @@ class TrainSection:
     #                                      selective: core attention only; None: keep all
     first_stage_layers: Optional[int] = None  # decoder layers on the first pipeline stage (which also
     last_stage_layers: Optional[int] = None   # runs the tower, generator); None: from a cost estimate
+    # wt-24 (your own data): passes over the training data instead of steps; steps become
+    # ceil(epochs x samples / global batch) once the data is read (resolve_steps)
+    epochs: Optional[float] = None
 
 
 @dataclass
@@ -94,6 +102,15 @@ class LogSection:
 
 
 @dataclass
+class ValidationSection:
+    """wt-24 (your own data): every `every` steps, the loss on `batches` micro-batches per
+    data-parallel rank of the held-out shards with their own images and with shuffled images."""
+    every: int = 0                       # 0: no validation
+    batches: int = 4
+    manifest: Optional[str] = None       # None: the training manifest's validation_manifest
+
+
+@dataclass
 class DebugSection:
     """Fault injection for the tests of the failure paths (never set in real configs)."""
     nan_at_step: Optional[int] = None    # the loss of this step becomes NaN
@@ -110,6 +127,7 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     log: LogSection = field(default_factory=LogSection)
+    validation: ValidationSection = field(default_factory=ValidationSection)
     debug: DebugSection = field(default_factory=DebugSection)
 
     def to_dict(self) -> dict:
@@ -138,11 +156,14 @@ def validate(cfg: TrainConfig, world_size: int) -> int:
             f"train.global_batch_size ({t.global_batch_size}) must be divisible by "
             f"train.micro_batch_size ({t.micro_batch_size}) x data-parallel size ({dp}) = "
             f"{t.micro_batch_size * dp}")
-    if t.steps < 1:
-        raise ConfigError(f"train.steps must be >= 1, got {t.steps}")
+    if (t.steps is None) == (t.epochs is None):
+        raise ConfigError(f"train.steps={t.steps} and train.epochs={t.epochs}: set exactly one of them "
+                          f"(the other to null)")
+    if t.epochs is not None and t.epochs <= 0:
+        raise ConfigError(f"train.epochs must be > 0, got {t.epochs}")
+    if t.steps is not None:
+        check_steps(cfg)
     o = cfg.optim
-    if o.warmup_steps >= t.steps and t.steps > 1:
-        raise ConfigError(f"optim.warmup_steps ({o.warmup_steps}) must be below train.steps ({t.steps})")
     if o.decay_style not in ("cosine", "linear", "constant", "inverse-square-root"):
         raise ConfigError(f"optim.decay_style {o.decay_style!r}: use cosine, linear, constant or inverse-square-root")
     if not 0 <= o.min_lr <= o.lr:
@@ -158,7 +179,34 @@ def validate(cfg: TrainConfig, world_size: int) -> int:
         raise ConfigError(f"train.dtype {t.dtype!r}: use auto, fp32 or bf16")
     if cfg.checkpoint.every < 1 or cfg.checkpoint.keep < 1:
         raise ConfigError("checkpoint.every and checkpoint.keep must be >= 1")
+    v = cfg.validation
+    if v.every < 0 or v.batches < 1:
+        raise ConfigError(f"validation.every ({v.every}) must be >= 0 (0: off) and validation.batches "
+                          f"({v.batches}) >= 1")
+    if v.every and cfg.data.kind == "synthetic":
+        raise ConfigError("validation.every needs held-out shards: data.kind webdataset (or dali) with a "
+                          "pipeline manifest; set validation.every=0 for synthetic data")
     return dp
+
+
+def check_steps(cfg: TrainConfig) -> None:
+    t, o = cfg.train, cfg.optim
+    if t.steps < 1:
+        raise ConfigError(f"train.steps must be >= 1, got {t.steps}")
+    if o.warmup_steps >= t.steps and t.steps > 1:
+        raise ConfigError(f"optim.warmup_steps ({o.warmup_steps}) must be below train.steps ({t.steps})")
+
+
+def resolve_steps(cfg: TrainConfig, samples: int) -> TrainConfig:
+    """train.epochs -> train.steps for `samples` training samples (a config with steps is returned
+    as it is)."""
+
+    if cfg.train.steps is not None:
+        return cfg
+    steps = max(1, math.ceil(cfg.train.epochs * samples / cfg.train.global_batch_size))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
+    check_steps(cfg)
+    return cfg
 
 
 def num_microbatches(cfg: TrainConfig, dp: int) -> int:

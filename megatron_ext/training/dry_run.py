@@ -30,6 +30,11 @@ def _start(cfg: TrainConfig) -> str:
                              else "initialisation")
 
 
+def _steps(t) -> str:
+    """train.steps, or train.epochs (its steps follow from the data's size at start-up)."""
+    return f"{t.steps} steps" if t.steps is not None else f"train.epochs={t.epochs:g} (steps from the data's size)"
+
+
 def describe(cfg: TrainConfig, world_size: int) -> str:
     """Check everything that needs no process group; -> the resolved config and the plan.
     Raises the run's own ConfigError/DataError (one line) on a mistake."""
@@ -42,7 +47,7 @@ def describe(cfg: TrainConfig, world_size: int) -> str:
     if cfg.data.kind != "synthetic":
         data += f" ({preflight.check_manifest(cfg.data.manifest)} samples in {cfg.data.manifest})"
     plan = [
-        f"{cfg.model.method} {t.stage}: {t.steps} steps of {t.global_batch_size} samples "
+        f"{cfg.model.method} {t.stage}: {_steps(t)} of {t.global_batch_size} samples "
         f"({num_microbatches(cfg, dp)} micro-batches of {t.micro_batch_size} per rank) on {data}",
         f"world size {world_size}: TP {p.tensor} x PP {p.pipeline} x DP {dp}",
         f"trains: {', '.join(trainable)}",

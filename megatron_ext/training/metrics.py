@@ -1,4 +1,5 @@
 """Per-step metrics: metrics.jsonl (one object per optimizer step), console progress, wandb.
+Steps that validate (training/validation.py) carry val_loss, val_loss_shuffled and val_image_gap.
 
 Written by global rank 0 only; the loss it reports is reduced from the last pipeline stage.
 wandb runs offline unless WANDB_MODE (or log.wandb_mode) says otherwise, as one run per run
@@ -87,6 +88,10 @@ class Metrics:
             self.bar.set_postfix_str(line)
         elif s == 1 or s % self.every == 0 or s == self.total:
             log.info("step %d/%d  %s  mem %.2f GiB", s, self.total, line, record["peak_mem_gib"])
+        if record.get("val_loss") is not None:  # every validation, bar or not
+            log.info("validation step %d: loss %.4f with the right images, %.4f with shuffled images "
+                     "(shuffled - right %+.4f)", s, record["val_loss"], record["val_loss_shuffled"],
+                     record["val_image_gap"])
 
     def close(self) -> None:
         if self.bar is not None:
