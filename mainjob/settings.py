@@ -23,6 +23,8 @@ class Size:
     steps_scale: float       # multiplies each stage config's train.steps
     samples_per_shard: int
     test_questions: int      # held-out easy-VQA test questions the report scores
+    # as many yes as no answers per question template in training (mainjob/data.balance_yes_no)
+    balance_yes_no: bool = True
 
 
 SIZES = {

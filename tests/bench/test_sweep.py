@@ -1,0 +1,114 @@
+"""bench.sweep's logic with a fake runner (no training): grid expansion, resume skipping, the
+choice by validation, the final runs over seeds and the results JSON."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench import sweep
+from bench.sweep_eval import per_kind
+
+
+class FakeRunner:
+    """Validation accuracy a known function of the cell; counts the cells it ran."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.ran, self.fail_on = [], fail_on
+
+    @staticmethod
+    def accuracy(cell) -> float:
+        # best rate 3e-4 and the second knob value for every method
+        return 0.5 + (0.2 if cell.rate == 3e-4 else 0.0) + (0.1 if cell.value == sweep.KNOBS[cell.method][1][1] else 0.0)
+
+    def __call__(self, cell, cell_dir: Path) -> dict:
+        if cell.name == self.fail_on:
+            raise RuntimeError("killed")
+        self.ran.append(cell.name)
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        acc = self.accuracy(cell) + 0.01 * cell.seed
+        truths = ["yes", "no", "red", "circle"]
+        scored = per_kind(["yes", "yes", "red", "square"], truths)
+        if cell.phase == "grid":
+            return dict(validation=dict(scored, accuracy=acc))
+        return dict(test=dict(matched=dict(scored, accuracy=acc), shuffled=dict(scored, accuracy=0.4),
+                              prior=dict(scored, accuracy=0.3)))
+
+
+def test_grid_is_the_same_for_every_method():
+    cells = sweep.grid_cells(["rose", "llava"], seeds=(1,))
+    assert len(cells) == 2 * len(sweep.RATES) * 2
+    for m in ("rose", "llava"):
+        mine = [c for c in cells if c.method == m]
+        assert sorted({c.rate for c in mine}) == sorted(sweep.RATES)
+        assert {c.value for c in mine} == set(sweep.KNOBS[m][1])
+    assert len({c.name for c in cells}) == len(cells)
+
+
+def test_cell_overrides_set_rate_seed_and_preset(tmp_path):
+    cell = sweep.Cell("rose", 3e-4, "rose.t_scale", 0.1, 2, "final")
+    s1 = cell.overrides("s1", tmp_path / "p.yaml")
+    assert "optim.lr=0.0003" in s1 and "optim.min_lr=3e-05" in s1 and f"model.preset={tmp_path / 'p.yaml'}" in s1
+    assert not any(o.startswith("optim.lr") for o in cell.overrides("s2", tmp_path / "p.yaml"))
+    seeds = {o for o in s1 if o.startswith(("train.seed", "data.seed"))}
+    assert seeds != {o for o in sweep.Cell("rose", 3e-4, "rose.t_scale", 0.1, 1, "final").overrides(
+        "s1", tmp_path / "p.yaml") if o.startswith(("train.seed", "data.seed"))}
+    assert cell.preset() == {"base": "main-smollm2", "rose": {"t_scale": 0.1}}
+
+
+def test_cell_preset_loads_as_a_model_preset(tmp_path):
+    from megatron_ext.core.presets import load_preset
+
+    path = tmp_path / "preset.yaml"
+    path.write_text(yaml.safe_dump(sweep.Cell("vlora", 1e-4, "vlora.rank", 64, 1, "grid").preset()))
+    preset = load_preset(str(path))
+    assert preset["vlora"]["rank"] == 64 and preset["vlora"]["every"] == 4  # the rest from the base
+    assert preset["llm"]["hidden_size"] == 576
+
+
+def test_sweep_runs_chooses_by_validation_and_resumes(tmp_path):
+    methods = ["rose", "vlora"]
+    out, js = tmp_path / "sweep", tmp_path / "fourway.json"
+    grid_n = len(sweep.grid_cells(methods))
+    first = FakeRunner()
+    doc = sweep.sweep(out, methods, "all", [1, 2], first, js, max_cells=5)
+    assert len(first.ran) == 5 and len(doc["pending"]) > 0
+    assert json.loads(js.read_text())["invocations"][0]["complete"] is False
+
+    second = FakeRunner()
+    doc = sweep.sweep(out, methods, "all", [1, 2], second, js)
+    assert not set(first.ran) & set(second.ran)  # finished cells are skipped
+    assert len(first.ran) + len(second.ran) == grid_n + 2 * len(methods)
+    for m in methods:
+        c = doc["choice"][m]
+        assert c["rate"] == 3e-4 and c["value"] == sweep.KNOBS[m][1][1]
+        f = doc["final"][m]
+        assert f["matched"]["n"] == 2 and f["matched"]["mean"] == pytest.approx(FakeRunner.accuracy(
+            sweep.Cell(m, 3e-4, sweep.KNOBS[m][0], sweep.KNOBS[m][1][1], 1, "final")) + 0.015)
+        assert f["matched"]["std"] == pytest.approx(0.005)
+        assert set(f["kinds"]) == {"shape", "colour", "yes/no"}
+    assert doc["pending"] == [] and doc["invocations"][-1]["complete"] is True
+    assert len(doc["cells"]) == grid_n + 2 * len(methods) and all(c["done"] for c in doc["cells"])
+
+    third = FakeRunner()
+    sweep.sweep(out, methods, "all", [1, 2], third, js)
+    assert third.ran == []
+
+
+def test_a_killed_cell_is_rerun(tmp_path):
+    out, js = tmp_path / "sweep", tmp_path / "fourway.json"
+    victim = sweep.grid_cells(["vora"])[1].name
+    with pytest.raises(RuntimeError):
+        sweep.sweep(out, ["vora"], "grid", [1], FakeRunner(fail_on=victim), js)
+    again = FakeRunner()
+    sweep.sweep(out, ["vora"], "grid", [1], again, js)
+    assert again.ran[0] == victim
+
+
+def test_per_kind_and_balanced_yes_no():
+    s = per_kind(["yes", "yes", "yes", "red", "circle"], ["yes", "no", "no", "red", "triangle"])
+    assert s["accuracy"] == pytest.approx(2 / 5)
+    assert s["kinds"]["yes/no"] == {"n": 3, "accuracy": pytest.approx(1 / 3)}
+    assert s["kinds"]["colour"]["accuracy"] == 1.0 and s["kinds"]["shape"]["accuracy"] == 0.0
+    assert s["yes_no_balanced"] == pytest.approx(0.5)  # always 'yes': chance, whatever the imbalance
