@@ -41,15 +41,19 @@ from mainjob.settings import METHODS, SIZES, train_config
 
 log = logging.getLogger("bench.sweep")
 ORDER = ("rose", "llava", "vlora", "vora")
-RATES = (1e-4, 3e-4, 1e-3)  # S1 peak rates, the same for every method
+RATES = (3e-4, 1e-3, 1e-4)  # S1 peak rates, the same for every method (run in this order)
 # the one structural knob per method: a key of its preset section, the main job's value first
+# (a train-config key, optim.*, applies to S1 like the rate)
 KNOBS = {
-    "rose": ("rose.t_scale", (1.0, 0.1)),     # the rotation head's output scale (stability)
-    "llava": ("llava.projector_bias", (True, False)),
+    "rose": ("rose.t_scale", (0.1, 1.0)),     # the rotation head's output scale (S1 stability)
+    # LLaVA's projector is transformers' fixed 2-layer MLP (the export's): its knob is the warm-up
+    # that the rate reaches its peak over
+    "llava": ("optim.warmup_steps", (10, 30)),
     "vlora": ("vlora.rank", (32, 64)),
     "vora": ("vora.rank", (64, 128)),
 }
 PRESET = "main-smollm2"
+CONFIG_SECTIONS = ("optim", "train", "data")
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,15 @@ class Cell:
         value = str(self.value).lower()
         return f"{self.phase}/{self.method}/lr{self.rate:g}-{self.knob.split('.')[-1]}{value}-seed{self.seed}"
 
+    @property
+    def in_config(self) -> bool:
+        """The knob is a training-config key (S1's), not a preset one."""
+        return self.knob.split(".")[0] in CONFIG_SECTIONS
+
     def preset(self) -> dict:
         """The method's preset: the main job's with the knob set (`base:` keeps the rest)."""
         section, key = self.knob.split(".")
-        return {"base": PRESET, section: {key: self.value}}
+        return {"base": PRESET} if self.in_config else {"base": PRESET, section: {key: self.value}}
 
     def overrides(self, stage: str, preset_path: Path) -> list[str]:
         """Config overrides of one stage: the preset, the seed (training and data order) and, in
@@ -79,14 +88,18 @@ class Cell:
                f"data.seed={data_seed + 10 * (self.seed - 1)}", "log.wandb=false"]
         if stage == "s1":
             out += [f"optim.lr={self.rate:g}", f"optim.min_lr={self.rate / 10:g}"]
+            if self.in_config:
+                out.append(f"{self.knob}={self.value}")
         return out
 
 
 def grid_cells(methods, rates=RATES, knobs=None, seeds=(1,)) -> list[Cell]:
-    """Every (rate, knob value, seed) of every method, in method order."""
+    """Every (rate, knob value, seed) of every method, round-robin over the methods (knob value,
+    then rate, outermost), so that a sweep stopped early has covered every method alike."""
     knobs = knobs or KNOBS
-    return [Cell(m, r, knobs[m][0], v, s, "grid") for m in methods for v in knobs[m][1] for r in rates
-            for s in seeds]
+    n_values = max(len(knobs[m][1]) for m in methods)
+    return [Cell(m, r, knobs[m][0], knobs[m][1][i], s, "grid") for i in range(n_values) for r in rates
+            for s in seeds for m in methods if i < len(knobs[m][1])]
 
 
 def final_cells(choice: dict, seeds) -> list[Cell]:
@@ -191,8 +204,11 @@ def _s1_steps() -> int:
 
 
 def sweep(out: Path, methods, phase: str, seeds, runner, json_path: Path, max_cells: int | None = None,
-          grid_seeds=(1,), command: str = "") -> dict:
-    """Runs the cells not yet done (at most max_cells this time), rewriting json_path after each."""
+          grid_seeds=(1,), command: str = "", listed=None) -> dict:
+    """Runs the cells of `methods` not yet done (at most max_cells this time), rewriting json_path
+    after each with every cell of the `listed` methods (default: `methods`), done or not."""
+    run_methods = list(methods)
+    methods = [m for m in (listed or run_methods) if m in set(listed or run_methods) | set(run_methods)]
     out.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     history_file = out / "invocations.json"  # every invocation of this sweep, for the page
@@ -231,7 +247,8 @@ def sweep(out: Path, methods, phase: str, seeds, runner, json_path: Path, max_ce
         return doc
 
     s = state()
-    todo = [c for c in grid if c.name not in s["results"]] if phase in ("grid", "all") else []
+    todo = [c for c in grid if c.name not in s["results"] and c.method in run_methods] \
+        if phase in ("grid", "all") else []
     for cell in todo:
         if max_cells is not None and ran >= max_cells:
             return write(s, False)
@@ -243,7 +260,7 @@ def sweep(out: Path, methods, phase: str, seeds, runner, json_path: Path, max_ce
     if phase in ("final", "all"):
         if any(load_done(out, c) is None for c in grid):
             log.warning("the grid is not finished: the final runs use the choice among the finished cells")
-        for cell in [c for c in s["final"] if c.name not in s["results"]]:
+        for cell in [c for c in s["final"] if c.name not in s["results"] and c.method in run_methods]:
             if max_cells is not None and ran >= max_cells:
                 return write(s, False)
             log.info("== %s", cell.name)
@@ -280,7 +297,8 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve()
     runner = Runner(out, args.size, args.grid_steps, args.val_images)
     sweep(out, methods, args.phase, [int(s) for s in args.seeds.split(",")], runner, Path(args.json),
-          args.max_cells, command="python -m bench.sweep " + " ".join(argv if argv is not None else sys.argv[1:]))
+          args.max_cells, command="python -m bench.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
+          listed=[m for m in ORDER if m in METHODS])
     return 0
 
 

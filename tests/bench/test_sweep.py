@@ -44,6 +44,7 @@ def test_grid_is_the_same_for_every_method():
         assert sorted({c.rate for c in mine}) == sorted(sweep.RATES)
         assert {c.value for c in mine} == set(sweep.KNOBS[m][1])
     assert len({c.name for c in cells}) == len(cells)
+    assert [c.method for c in cells[:2]] == ["rose", "llava"]  # round-robin: a partial sweep covers both
 
 
 def test_cell_overrides_set_rate_seed_and_preset(tmp_path):
@@ -55,6 +56,10 @@ def test_cell_overrides_set_rate_seed_and_preset(tmp_path):
     assert seeds != {o for o in sweep.Cell("rose", 3e-4, "rose.t_scale", 0.1, 1, "final").overrides(
         "s1", tmp_path / "p.yaml") if o.startswith(("train.seed", "data.seed"))}
     assert cell.preset() == {"base": "main-smollm2", "rose": {"t_scale": 0.1}}
+    warm = sweep.Cell("llava", 1e-3, "optim.warmup_steps", 30, 1, "grid")  # a training-config knob
+    assert "optim.warmup_steps=30" in warm.overrides("s1", tmp_path / "p.yaml")
+    assert not any("warmup" in o for o in warm.overrides("s2", tmp_path / "p.yaml"))
+    assert warm.preset() == {"base": "main-smollm2"}
 
 
 def test_cell_preset_loads_as_a_model_preset(tmp_path):
@@ -94,6 +99,15 @@ def test_sweep_runs_chooses_by_validation_and_resumes(tmp_path):
     third = FakeRunner()
     sweep.sweep(out, methods, "all", [1, 2], third, js)
     assert third.ran == []
+
+
+def test_sweep_of_some_methods_lists_all(tmp_path):
+    out, js = tmp_path / "sweep", tmp_path / "fourway.json"
+    runner = FakeRunner()
+    doc = sweep.sweep(out, ["vlora"], "grid", [1], runner, js, max_cells=2, listed=["rose", "vlora"])
+    assert {c.split("/")[1] for c in runner.ran} == {"vlora"}
+    assert {c["method"] for c in doc["cells"]} == {"rose", "vlora"}
+    assert sum(c["done"] for c in doc["cells"]) == 2 and "rose" not in doc["choice"]
 
 
 def test_a_killed_cell_is_rerun(tmp_path):
