@@ -30,9 +30,10 @@ class FakeRunner:
         acc = self.accuracy(cell) + 0.01 * cell.seed
         truths = ["yes", "no", "red", "circle"]
         scored = per_kind(["yes", "yes", "red", "square"], truths)
+        common = dict(stages={"s1": dict(steps=2, wall_s=1.0, loss=[1.0, 0.5])}, wall_s=1.0)
         if cell.phase == "grid":
-            return dict(validation=dict(scored, accuracy=acc))
-        return dict(test=dict(matched=dict(scored, accuracy=acc), shuffled=dict(scored, accuracy=0.4),
+            return dict(common, validation=dict(scored, accuracy=acc, prior=scored))
+        return dict(common, test=dict(matched=dict(scored, accuracy=acc), shuffled=dict(scored, accuracy=0.4),
                               prior=dict(scored, accuracy=0.3)))
 
 
@@ -126,3 +127,31 @@ def test_per_kind_and_balanced_yes_no():
     assert s["kinds"]["yes/no"] == {"n": 3, "accuracy": pytest.approx(1 / 3)}
     assert s["kinds"]["colour"]["accuracy"] == 1.0 and s["kinds"]["shape"]["accuracy"] == 0.0
     assert s["yes_no_balanced"] == pytest.approx(0.5)  # always 'yes': chance, whatever the imbalance
+
+
+def test_page_shows_every_cell_the_choice_and_true_targets(tmp_path):
+    from bench import sweep_page
+
+    out, js = tmp_path / "sweep", tmp_path / "fourway.json"
+    partial = sweep.sweep(out, ["rose", "llava"], "grid", [1, 2], FakeRunner(), js, max_cells=3)
+    text = sweep_page.markdown(partial, cost={})
+    pending_grid = [c for c in partial["pending"] if c.startswith("grid/")]
+    assert text.count(" | no | | |") == len(pending_grid) == 12 - 3  # every cell listed, done or not
+    assert "not known" in text and "Pending:" in text
+
+    doc = sweep.sweep(out, ["rose", "llava"], "all", [1, 2], FakeRunner(), js)
+    cost = {"160": {"rose": 6.0, "llava": 12.0}, "320": {"rose": 8.0, "llava": 32.0}}
+    text = sweep_page.markdown(doc, cost)
+    best = max(doc["final"].values(), key=lambda f: f["matched"]["mean"])["matched"]["mean"]
+    assert best < 0.95 and "| best method >= 0.95 overall |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| best method >= 0.95 overall"))
+    assert row.endswith("| no |") and f"{best:.3f}" in row
+    flops = next(line for line in text.splitlines() if "at 25 visual tokens" in line)
+    assert "0.50x" in flops and flops.endswith("| yes |")
+    assert "Pending" not in text
+
+    page = tmp_path / "RESULTS.md"
+    page.write_text("# Results\n\nprose kept\n")
+    sweep_page.update_page(page, text)
+    sweep_page.update_page(page, text)  # a second rewrite replaces, never appends
+    assert page.read_text().count(sweep_page.BEGIN) == 1 and "prose kept" in page.read_text()
