@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -211,9 +212,11 @@ def sweep(out: Path, methods, phase: str, seeds, runner, json_path: Path, max_ce
     methods = [m for m in (listed or run_methods) if m in set(listed or run_methods) | set(run_methods)]
     out.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    history_file = out / "invocations.json"  # every invocation of this sweep, for the page
-    history = json.loads(history_file.read_text()) if history_file.is_file() else []
-    history.append(dict(command=command, started=started, load_start=machine_load()))
+    # one file per invocation (several may run at once on disjoint --methods), all on the page
+    invocations = out / "invocations"
+    invocations.mkdir(exist_ok=True)
+    mine = invocations / f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{len(list(invocations.iterdir()))}.json"
+    record = dict(command=command, started=started, load_start=machine_load())
     grid = grid_cells(methods, seeds=grid_seeds)
     ran = 0
 
@@ -225,9 +228,10 @@ def sweep(out: Path, methods, phase: str, seeds, runner, json_path: Path, max_ce
         return dict(results=results, choice=choice, final=final)
 
     def write(s: dict, finished: bool) -> dict:
-        history[-1].update(cells_run=ran, load_end=machine_load(),
-                           ended=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), complete=finished)
-        history_file.write_text(json.dumps(history, indent=2))
+        record.update(cells_run=ran, load_end=machine_load(),
+                      ended=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), complete=finished)
+        mine.write_text(json.dumps(record, indent=2))
+        history = [json.loads(f.read_text()) for f in sorted(invocations.glob("*.json"))]
         doc = dict(
             command=command, invocations=history,
             grid=dict(methods=list(methods), rates=list(RATES), knobs={m: dict(key=KNOBS[m][0], values=list(KNOBS[m][1]))
