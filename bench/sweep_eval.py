@@ -3,11 +3,14 @@ images the main job does not serve) for the grid, and from an evaluation's predi
 test questions of the final runs.
 
 Kinds: shape and colour (open questions, told by the true answer) and yes/no; on yes/no also the
-balanced accuracy (the mean of the accuracy on questions whose answer is yes and on those whose
-answer is no), which is 0.5 for any answer that ignores the image."""
+balanced accuracy: per question template (mainjob.data.template: 'is there a <colour> shape?'),
+the mean of the accuracy on its questions whose answer is yes and on those whose answer is no,
+averaged over the templates. Any answer read off the words alone scores 0.5 on it, the
+question-only prior included (the plain yes/no accuracy of the prior is 0.83)."""
 
 from __future__ import annotations
 
+from mainjob.data import template
 from megatron_ext.evaluate.vqa import Question, QuestionPrior, normalize
 
 KINDS = ("shape", "colour", "yes/no")
@@ -31,15 +34,22 @@ def validation_questions(first_image: int, images: int) -> list[Question]:
             for q, a in s.pairs]
 
 
-def per_kind(answers: list[str], truths: list[str]) -> dict:
-    """{overall, kinds: {kind: {n, accuracy}}, yes_no_balanced} of predicted against true answers."""
+def per_kind(answers: list[str], truths: list[str], questions: list[str]) -> dict:
+    """{accuracy, kinds: {kind: {n, accuracy}}, yes_no_balanced, yes_no_templates} of predicted
+    against true answers of the questions."""
     hits = [normalize(p) == normalize(t) for p, t in zip(answers, truths)]
     out = dict(n=len(hits), accuracy=sum(hits) / len(hits) if hits else None, kinds={})
     for kind in KINDS:
         sub = [h for h, t in zip(hits, truths) if question_kind(t) == kind]
         out["kinds"][kind] = dict(n=len(sub), accuracy=sum(sub) / len(sub) if sub else None)
-    per_answer = [[h for h, t in zip(hits, truths) if t == a] for a in ("yes", "no")]
-    out["yes_no_balanced"] = (sum(sum(s) / len(s) for s in per_answer) / 2) if all(per_answer) else None
+    by_template: dict = {}
+    for h, t, q in zip(hits, truths, questions):
+        if t in ("yes", "no"):
+            by_template.setdefault(template(q), {"yes": [], "no": []})[t].append(h)
+    balanced = {tp: (sum(c["yes"]) / len(c["yes"]) + sum(c["no"]) / len(c["no"])) / 2
+                for tp, c in by_template.items() if c["yes"] and c["no"]}
+    out["yes_no_balanced"] = sum(balanced.values()) / len(balanced) if balanced else None
+    out["yes_no_templates"] = len(balanced)
     return out
 
 
@@ -58,14 +68,16 @@ def score_export(hf_dir, questions: list[Question], batch_size: int = 16) -> dic
 
     scorer = ExportScorer(hf_dir)
     answers = greedy_answers(scorer, questions, [q.image_path for q in questions], batch_size, 8)
-    out = per_kind(answers, [q.answer for q in questions])
-    out["prior"] = per_kind(prior_answers(questions), [q.answer for q in questions])
+    truths, texts = [q.answer for q in questions], [q.text for q in questions]
+    out = per_kind(answers, truths, texts)
+    out["prior"] = per_kind(prior_answers(questions), truths, texts)
+    out["answers"] = [[q.image_id, q.text, q.answer, a] for q, a in zip(questions, answers)]
     return out
 
 
 def from_predictions(rows: list[dict]) -> dict:
     """per_kind of an evaluation's predictions.jsonl rows (megatron_ext.evaluate): matched,
     shuffled images and prior."""
-    truths = [r["answer"] for r in rows]
-    return {name: per_kind([r[key] for r in rows], truths)
+    truths, texts = [r["answer"] for r in rows], [r["question"] for r in rows]
+    return {name: per_kind([r[key] for r in rows], truths, texts)
             for name, key in (("matched", "greedy_matched"), ("shuffled", "greedy_shuffled"), ("prior", "prior"))}

@@ -29,7 +29,8 @@ class FakeRunner:
         cell_dir.mkdir(parents=True, exist_ok=True)
         acc = self.accuracy(cell) + 0.01 * cell.seed
         truths = ["yes", "no", "red", "circle"]
-        scored = per_kind(["yes", "yes", "red", "square"], truths)
+        scored = per_kind(["yes", "yes", "red", "square"], truths, ["is there a red shape?", "is there a blue shape?",
+                                                                    "what color is the shape?", "what shape is this?"])
         common = dict(stages={"s1": dict(steps=2, wall_s=1.0, loss=[1.0, 0.5])}, wall_s=1.0)
         if cell.phase == "grid":
             return dict(common, validation=dict(scored, accuracy=acc, prior=scored))
@@ -122,11 +123,25 @@ def test_a_killed_cell_is_rerun(tmp_path):
 
 
 def test_per_kind_and_balanced_yes_no():
-    s = per_kind(["yes", "yes", "yes", "red", "circle"], ["yes", "no", "no", "red", "triangle"])
+    qs = ["is there a red shape?", "is there a blue shape?", "is there a green shape?", "what color is it?",
+          "what shape is it?"]
+    s = per_kind(["yes", "yes", "yes", "red", "circle"], ["yes", "no", "no", "red", "triangle"], qs)
     assert s["accuracy"] == pytest.approx(2 / 5)
     assert s["kinds"]["yes/no"] == {"n": 3, "accuracy": pytest.approx(1 / 3)}
     assert s["kinds"]["colour"]["accuracy"] == 1.0 and s["kinds"]["shape"]["accuracy"] == 0.0
     assert s["yes_no_balanced"] == pytest.approx(0.5)  # always 'yes': chance, whatever the imbalance
+
+
+def test_balanced_yes_no_gives_the_word_prior_one_half():
+    """A prior that answers each question string by its majority is right on 80% of these yes/no
+    questions but reads nothing off the image: 0.5 per template. Reading the image: 1.0."""
+    qs = ["is there a red shape?"] * 4 + ["is there a blue shape?"] + ["is there not a red shape?"] * 5
+    truth = ["no", "no", "no", "no", "yes"] + ["yes", "yes", "yes", "yes", "no"]
+    prior = ["no"] * 5 + ["yes"] * 5
+    s = per_kind(prior, truth, qs)
+    assert s["kinds"]["yes/no"]["accuracy"] == pytest.approx(0.8)
+    assert s["yes_no_balanced"] == pytest.approx(0.5) and s["yes_no_templates"] == 2
+    assert per_kind(truth, truth, qs)["yes_no_balanced"] == 1.0
 
 
 def test_page_shows_every_cell_the_choice_and_true_targets(tmp_path):
