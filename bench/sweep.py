@@ -164,7 +164,9 @@ class Runner:
     def __init__(self, out: Path, size_name: str, grid_steps: int, val_images: int, echo: bool = False):
         from mainjob import assets, data
 
-        self.size = SIZES[size_name]
+        # the yes/no-balanced mix (mainjob/data.balance_yes_no): an answer read off the words
+        # cannot reach a low loss on it, so validation tells image reading from the word prior
+        self.size = dataclasses.replace(SIZES[size_name], balance_yes_no=True)
         self.grid_size = dataclasses.replace(self.size, steps_scale=grid_steps / _s1_steps())
         shared = out / "assets"
         self.llm, self.tower = assets.llm(shared), assets.vision_tower(shared)
@@ -239,7 +241,8 @@ def sweep(out: Path, methods, phase: str, seeds, runner, json_path: Path, max_ce
                       seeds=list(grid_seeds), steps=getattr(runner, "grid_size", None) and
                       round(_s1_steps() * runner.grid_size.steps_scale),
                       validation=dict(questions=len(getattr(runner, "val_questions", [])),
-                                      split="easy-VQA train images after the served ones")),
+                                      split="easy-VQA train images after the served ones"),
+                      data="the main job's shards with yes/no answers balanced per question template"),
             cells=[dict(name=c.name, phase=c.phase, **{k: v for k, v in dataclasses.asdict(c).items() if k != "phase"},
                         done=c.name in s["results"], result=s["results"].get(c.name))
                    for c in grid + s["final"]],

@@ -170,3 +170,22 @@ def test_page_shows_every_cell_the_choice_and_true_targets(tmp_path):
     sweep_page.update_page(page, text)
     sweep_page.update_page(page, text)  # a second rewrite replaces, never appends
     assert page.read_text().count(sweep_page.BEGIN) == 1 and "prose kept" in page.read_text()
+
+
+def test_balance_yes_no_equalises_each_template_and_keeps_open_questions():
+    from collections import Counter
+
+    from mainjob.data import balance_yes_no, template
+
+    qa = {"a.png": [["is there a red shape?", "no"], ["is there a blue shape?", "no"], ["what color is the shape?", "red"]],
+          "b.png": [["is there a red shape?", "yes"], ["is there not a red shape?", "no"], ["what shape is this?", "circle"]],
+          "c.png": [["is there a green shape?", "no"], ["is there not a blue shape?", "yes"],
+                    ["is there not a green shape?", "yes"]]}
+    out = balance_yes_no(qa)
+    counts = Counter((template(q), a) for pairs in out.values() for q, a in pairs if a in ("yes", "no"))
+    assert template("is there a red shape?") == template("is there a blue shape?") == "is there a <colour> shape?"
+    assert counts[("is there a <colour> shape?", "yes")] == counts[("is there a <colour> shape?", "no")] == 1
+    assert counts[("is there not a <colour> shape?", "yes")] == counts[("is there not a <colour> shape?", "no")] == 1
+    open_q = lambda d: sorted((k, q) for k, pairs in d.items() for q, a in pairs if a not in ("yes", "no"))  # noqa: E731
+    assert open_q(out) == open_q(qa)
+    assert out == balance_yes_no(qa)  # seeded
