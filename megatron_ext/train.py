@@ -195,7 +195,7 @@ def run(cfg: TrainConfig, keep_model: bool = False) -> dict:
             out = train_step(ddp, optimizer, scheduler, batches, step, nan=cfg.debug.nan_at_step == step)
             dt = time.perf_counter() - t0
             losses.append(out["loss"])
-            extra = {}
+            extra = dict(model.injected.step_metrics())  # e.g. ROSE's rotation size, this rank's
             if "distill_loss" in out:  # VoRA pre-training: total loss = loss + distill_loss
                 distill_losses.append(out["distill_loss"])
                 extra["distill_loss"] = out["distill_loss"]
