@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from bench.sweep_eval import question_kind
 from mainjob.settings import METHODS, train_config
 
 NAMES = {"llava": "LLaVA", "rose": "ROSE", "vlora": "VLoRA", "vora": "VoRA"}
@@ -38,14 +39,6 @@ def _stage_end_points(res: dict, m: str) -> dict:
         offset += row["steps"]
         out[row["stage"]] = by_step.get(offset)
     return out
-
-
-SHAPES = {"circle", "rectangle", "triangle"}
-
-
-def question_kind(answer: str) -> str:
-    """easy-VQA's three kinds of question, told by the true answer."""
-    return "yes/no" if answer in ("yes", "no") else "shape" if answer in SHAPES else "colour"
 
 
 def by_kind(predictions: Path) -> dict:

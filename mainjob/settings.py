@@ -23,6 +23,10 @@ class Size:
     steps_scale: float       # multiplies each stage config's train.steps
     samples_per_shard: int
     test_questions: int      # held-out easy-VQA test questions the report scores
+    # as many yes as no answers per question template in training (mainjob/data.balance_yes_no):
+    # bench.sweep trains on that; the main job keeps easy-VQA's own mix, on which its accuracy is
+    # compared with the question-only prior (docs/RESULTS.md, "Yes/no questions")
+    balance_yes_no: bool = False
 
 
 SIZES = {

@@ -38,8 +38,9 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def train(out: Path, method: str, stages: tuple, size: Size, manifest: str, llm: Path,
-          tower: Path, echo: bool = True) -> dict:
-    """-> {stage: {run_dir, steps, wall_s, metrics}}"""
+          tower: Path, echo: bool = True, extra: dict | None = None) -> dict:
+    """-> {stage: {run_dir, steps, wall_s, metrics}}. extra: {stage: [config overrides]} applied
+    after the main job's own (bench.sweep: the cell's rate, preset and seed)."""
     results, previous = {}, None
     for stage in stages:
         config = train_config(method, stage)
@@ -53,6 +54,7 @@ def train(out: Path, method: str, stages: tuple, size: Size, manifest: str, llm:
                          f"model.llm_weights={llm}", f"model.vision_weights={tower}", f"log.run_dir={run_dir}"]
             if previous is not None:
                 overrides.append(f"train.init_from={previous}")
+            overrides += list((extra or {}).get(stage, ()))
             describe(load_config(str(config), overrides), PROCESSES)  # a mistake: one line before torchrun
             cmd = [Path(sys.executable).parent / "torchrun", *loopback_rendezvous(),
                    f"--nproc-per-node={PROCESSES}", "-m", "megatron_ext.train",

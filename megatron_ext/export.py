@@ -25,7 +25,7 @@ from megatron_ext.data.loader import pixel_stats
 from megatron_ext.hf.decoder import hf_text_config, megatron_to_hf
 from megatron_ext.hf.chat_template import chat_template
 from megatron_ext.hf import training_text
-from megatron_ext.methods import get_method
+from megatron_ext.methods import MethodSpec, get_method
 from megatron_ext.methods.training import build_training_model
 from megatron_ext.model_card import run_config_dir, write_model_card
 from megatron_ext.parallel import init_parallel
@@ -55,7 +55,8 @@ AUTO_MAP = {"AutoConfig": "configuration_paramvision.ParamVisionConfig",
 
 def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_processor,
                  max_shard_size: str = "2GB", max_new_tokens: int = 64, overwrite: bool = False,
-                 run_dir: str | Path | None = None, evaluation: str | Path | None = None) -> Path:
+                 run_dir: str | Path | None = None, evaluation: str | Path | None = None,
+                 spec: MethodSpec | None = None) -> Path:
     """Write a model built at TP=1, PP=1 with its weights loaded as a HF folder: what the training
     loop ran (e.g. a VisionLanguageModel around ROSE or VLoRA) or a bare LLM, as its method's
     spec exports it (VoRA merges its LoRA into the base weights first, in place, as the paper
@@ -68,7 +69,7 @@ def export_model(model, llm: dict, out_dir: str | Path, tokenizer, image_process
     if parallel_state.get_tensor_model_parallel_world_size() * \
             parallel_state.get_pipeline_model_parallel_world_size() != 1:
         raise ValueError("export from a TP=1, PP=1 model (distributed checkpoints reshard on load)")
-    spec = get_method(model.method)
+    spec = spec or get_method(model.method)  # the caller's, where it resolved one
     if spec.export_native is not None:  # a class transformers has: its own folder, no remote code
         out = spec.export_native(model, llm, out_dir, tokenizer, image_processor, max_shard_size, max_new_tokens)
         if out is not None:  # None: a part transformers lacks; the remote-code folder below
@@ -158,7 +159,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir
         raise UsageError("pass --image-processor: a directory with the image processor's "
                          "preprocessor_config.json")
     init_parallel(1, 1)
-    preset, model = build_training_model(cfg, torch.float32)
+    preset, model = build_training_model(cfg, torch.float32, spec=spec)
     result = load_weights(path, model)
     if result["kept_at_init"]:
         raise ValueError(f"{path} lacks {len(result['kept_at_init'])} tensors of the model, e.g. "
@@ -167,23 +168,23 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir
         model = VisionLanguageModel(model, VisionTower.from_pretrained(vision_dir), model.all_equipped,
                                     train_vision=False)
     if cfg.data.kind != "synthetic":  # trained on pixels: export exactly the loader's preprocessing
-        image_processor = training_image_processor(cfg, image_processor_dir)
+        image_processor = training_image_processor(cfg, image_processor_dir, spec)
     else:  # trained on features: the encoder's own processor
         image_processor = AutoImageProcessor.from_pretrained(image_processor_dir or vision_dir)
     log.info("exporting %s (%s, step directory %s)", run_dir, cfg.model.method, path.name)
     out = export_model(model, preset["llm"], out_dir, AutoTokenizer.from_pretrained(tokenizer_dir),
                        image_processor, max_shard_size=max_shard_size, overwrite=overwrite,
-                       run_dir=run_dir, evaluation=evaluation)
+                       run_dir=run_dir, evaluation=evaluation, spec=spec)
     training_text.record(out, cfg.data)  # the prompt the evaluation reads back; files 0644
     return out
 
 
-def training_image_processor(cfg, given_dir: str | None = None):
+def training_image_processor(cfg, given_dir: str | None = None, spec: MethodSpec | None = None):
     """The training loader's preprocessing as an image processor: resize to data.image_size
     (bicubic), scale to [0, 1], normalise with the loader's statistics (megatron_ext/data/loader.py
     pixel_stats: the tower's own; 0.5 for VoRA). A given processor that differs is reported and
     not used: the export must see images as training did."""
-    mean, std = pixel_stats(cfg)
+    mean, std = pixel_stats(cfg, spec)
     size = cfg.data.image_size
     ours = SiglipImageProcessorPil(size={"height": size, "width": size}, image_mean=list(mean), image_std=list(std))
     if given_dir is not None:

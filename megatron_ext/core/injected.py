@@ -104,6 +104,11 @@ class InjectedGPTModel(MegatronModule):
         """This stage's share of the step's auxiliary loss (None: the method has none)."""
         return None
 
+    def step_metrics(self) -> dict:
+        """Method-specific numbers for metrics.jsonl, measured on this rank's last micro-batch
+        (ROSE: the size of its rotations); {} where the method logs none."""
+        return {}
+
 
 def train_only(model: torch.nn.Module, params) -> None:
     """requires_grad on exactly `params` (a method's pre-training set), off everywhere else."""

@@ -48,18 +48,19 @@ class MicroBatchLoader:
         self.corrupt = int(state["corrupt"])
 
 
-def image_tokens(cfg, preset: dict) -> int:
+def image_tokens(cfg, preset: dict, spec=None) -> int:
     """Tokens each image takes in the sequence (the method's spec: VoRA's patches of
-    data.image_size; 0 for methods whose image enters the weights)."""
-    return get_method(cfg.model.method).image_tokens(cfg, preset)
+    data.image_size; 0 for methods whose image enters the weights). spec: the run's method as the
+    Trainer resolved it; without one, looked up from cfg (as for every `spec` argument here)."""
+    return (spec or get_method(cfg.model.method)).image_tokens(cfg, preset)
 
 
-def pixel_stats(cfg) -> tuple[tuple, tuple]:
+def pixel_stats(cfg, spec=None) -> tuple[tuple, tuple]:
     """(mean, std) the loaders normalise with: the method's own where its spec has them (VoRA's
     pixels feed its own patch embedding, whose teacher re-normalises: 0.5), else the vision
     tower's (its directory's preprocessor_config.json), so that a CLIP tower sees CLIP's
     statistics in training as in the export; mean = std = 0.5 without one."""
-    spec = get_method(cfg.model.method)
+    spec = spec or get_method(cfg.model.method)
     if spec.pixel_stats is not None:
         return spec.pixel_stats(cfg)
     if not cfg.model.vision_weights:
@@ -67,7 +68,7 @@ def pixel_stats(cfg) -> tuple[tuple, tuple]:
     return tower_pixel_stats(cfg.model.vision_weights)
 
 
-def shard_dataset(cfg, preset: dict, manifest: str):
+def shard_dataset(cfg, preset: dict, manifest: str, spec=None):
     """The pipeline's shards at `manifest` as training reads them (tokenizer, prompt, task, image
     size and statistics of cfg): the training data, or its held-out validation shards."""
     from megatron_ext.data.shards import ShardDataset
@@ -75,7 +76,7 @@ def shard_dataset(cfg, preset: dict, manifest: str):
 
     d = cfg.data
     return ShardDataset(manifest, build_tokenizer(d.tokenizer), d.prompt, d.seq_length, d.image_size,
-                        image_tokens(cfg, preset), *pixel_stats(cfg), task=d.task)
+                        image_tokens(cfg, preset, spec), *pixel_stats(cfg, spec), task=d.task)
 
 
 def samples_per_epoch(loader, cfg) -> int:
@@ -85,7 +86,7 @@ def samples_per_epoch(loader, cfg) -> int:
     return int(json.loads(open(cfg.data.manifest).read())["num_samples"])  # DALI reads every sample
 
 
-def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int) -> MicroBatchLoader:
+def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int, spec=None) -> MicroBatchLoader:
     d = cfg.data
     if d.kind == "synthetic":
         from megatron_ext.data.synthetic import SyntheticFeaturePairs
@@ -94,7 +95,7 @@ def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int) -> MicroBatchLoa
                                         preset["vision"]["hidden_size"], preset["llm"]["vocab_size"],
                                         seed=d.seed)
     elif d.kind == "webdataset":
-        dataset = shard_dataset(cfg, preset, d.manifest)
+        dataset = shard_dataset(cfg, preset, d.manifest, spec)
     elif d.kind == "dali":
         if d.task != "caption":
             raise ValueError(f"data.task={d.task} reads each sample's question-answer pairs, which the "
@@ -107,7 +108,7 @@ def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int) -> MicroBatchLoa
         device = torch.cuda.current_device() if torch.cuda.is_available() else None
         return DaliLoader(d.manifest, build_tokenizer(d.tokenizer), d.prompt, d.seq_length,
                           d.image_size, cfg.train.micro_batch_size, dp_rank, dp_size, d.seed, device,
-                          image_tokens(cfg, preset), *pixel_stats(cfg))
+                          image_tokens(cfg, preset, spec), *pixel_stats(cfg, spec))
     else:
         raise ValueError(f"data.kind={d.kind}: use synthetic, webdataset or dali")
     return MicroBatchLoader(dataset, RankSampler(len(dataset), dp_rank, dp_size, d.seed),

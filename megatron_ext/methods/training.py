@@ -23,8 +23,9 @@ def train_dtype(cfg: TrainConfig) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.train.dtype]
 
 
-def config_overrides(cfg: TrainConfig) -> dict:
-    """TransformerConfig settings that come from the training config."""
+def config_overrides(cfg: TrainConfig, spec: MethodSpec | None = None) -> dict:
+    """TransformerConfig settings that come from the training config (spec: the run's method, as
+    the Trainer resolved it; looked up from cfg without one)."""
     out = {"fp8": cfg.train.fp8} if cfg.train.fp8 else {}
     out.update(RECOMPUTE[cfg.train.recompute])
     if torch.cuda.is_available() and resolve_backend(cfg.model.backend) == "te":
@@ -34,12 +35,12 @@ def config_overrides(cfg: TrainConfig) -> dict:
         from megatron_ext.training.pipeline_balance import default_stage_layers
 
         preset = resolve_preset(cfg.model.preset)
-        spec = get_method(cfg.model.method)
+        spec = spec or get_method(cfg.model.method)
         try:
             in_sequence = spec.image_tokens(cfg, preset)
         except Exception:  # noqa: BLE001 - the method's check reports a bad vision setting
             in_sequence = 0
-        first, last = default_stage_layers(cfg, preset, trainable_groups(cfg), in_sequence)
+        first, last = default_stage_layers(cfg, preset, trainable_groups(cfg, spec), in_sequence, spec)
         for key, value in (("num_layers_in_first_pipeline_stage", first),
                            ("num_layers_in_last_pipeline_stage", last)):
             if value is not None:
@@ -56,22 +57,29 @@ RECOMPUTE = {None: {}, "full": dict(recompute_granularity="full", recompute_meth
 
 def default_trainable(method: str, stage: str) -> list[str]:
     """The parameter groups that train in `stage` of `method` (its spec's stages)."""
+    return stage_groups(get_method(method), stage)
+
+
+def stage_groups(spec: MethodSpec, stage: str) -> list[str]:
+    """The parameter groups that train in `stage` of the method `spec`."""
     try:
-        return list(get_method(method).stages[stage])
+        return list(spec.stages[stage])
     except KeyError:
         known = {m: sorted(get_method(m).stages) for m in method_names()}
-        raise ValueError(f"no default trainable set for method={method!r} stage={stage!r}; "
+        raise ValueError(f"no default trainable set for method={spec.name!r} stage={stage!r}; "
                          f"known: {known}; or set train.trainable to a list of {list(GROUPS)}") from None
 
 
-def trainable_groups(cfg: TrainConfig) -> list[str]:
+def trainable_groups(cfg: TrainConfig, spec: MethodSpec | None = None) -> list[str]:
     """train.trainable, or the method's default for the stage."""
-    return list(cfg.train.trainable or default_trainable(cfg.model.method, cfg.train.stage))
+    if cfg.train.trainable:
+        return list(cfg.train.trainable)
+    return stage_groups(spec or get_method(cfg.model.method), cfg.train.stage)
 
 
-def check_training(cfg: TrainConfig, trainable: list[str]) -> None:
+def check_training(cfg: TrainConfig, trainable: list[str], spec: MethodSpec | None = None) -> None:
     """What the method cannot train with, refused before anything is built."""
-    spec = get_method(cfg.model.method)
+    spec = spec or get_method(cfg.model.method)
     if spec.check is not None:
         spec.check(cfg, resolve_preset(cfg.model.preset), trainable)
 
@@ -99,19 +107,20 @@ def with_vision_tower(spec: MethodSpec, cfg: TrainConfig, preset: dict, dtype: t
     return VisionLanguageModel(lm, tower, lm.all_equipped, "vision" in trainable)
 
 
-def build_training_model(cfg: TrainConfig, dtype: torch.dtype, trainable: list[str] | None = None):
+def build_training_model(cfg: TrainConfig, dtype: torch.dtype, trainable: list[str] | None = None,
+                         spec: MethodSpec | None = None):
     """(preset, the model of cfg's method for this rank) as the training loop runs it."""
-    spec = get_method(cfg.model.method)
+    spec = spec or get_method(cfg.model.method)
     preset = resolve_preset(cfg.model.preset)
-    trainable = trainable_groups(cfg) if trainable is None else trainable
+    trainable = trainable_groups(cfg, spec) if trainable is None else trainable
     torch.manual_seed(cfg.train.seed)
     build = spec.training_model or (lambda *args: with_vision_tower(spec, *args))
-    return preset, build(cfg, preset, dtype, config_overrides(cfg), trainable)
+    return preset, build(cfg, preset, dtype, config_overrides(cfg, spec), trainable)
 
 
-def load_previous_stage(checkpoint, model, cfg: TrainConfig, preset: dict, dtype: torch.dtype) -> dict:
+def load_previous_stage(spec: MethodSpec, checkpoint, model, cfg: TrainConfig, preset: dict,
+                        dtype: torch.dtype) -> dict:
     """train.init_from: the previous stage's weights, the method's way (load_weights by default)."""
-    spec = get_method(cfg.model.method)
     if spec.init_from is None:
         return load_weights(checkpoint, model)
-    return spec.init_from(checkpoint, model, cfg, preset, dtype, config_overrides(cfg))
+    return spec.init_from(checkpoint, model, cfg, preset, dtype, config_overrides(cfg, spec))

@@ -38,9 +38,10 @@ def _steps(t) -> str:
 def describe(cfg: TrainConfig, world_size: int) -> str:
     """Check everything that needs no process group; -> the resolved config and the plan.
     Raises the run's own ConfigError/DataError (one line) on a mistake."""
-    dp = preflight.check(cfg, world_size)
-    trainable = trainable_groups(cfg)
-    check_training(cfg, trainable)
+    spec = preflight.method_spec(cfg)  # once, as the Trainer does
+    dp = preflight.check(cfg, world_size, spec)
+    trainable = trainable_groups(cfg, spec)
+    check_training(cfg, trainable, spec)
     start = _start(cfg)
     t, p = cfg.train, cfg.parallel
     data = f"{cfg.data.kind} data"

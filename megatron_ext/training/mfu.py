@@ -21,15 +21,16 @@ import torch
 from megatron_ext.core.flops import (attention_score_flops, decoder_projection_flops, lm_head_flops, llm_shape,
                                      vision_encoder_flops)
 from megatron_ext.flops import peak_flops
-from megatron_ext.methods import get_method
+from megatron_ext.methods import MethodSpec, get_method
 
 
-def train_flops_per_sample(preset: dict, method: str, text_tokens: int, visual_tokens: int,
+def train_flops_per_sample(preset: dict, method: str | MethodSpec, text_tokens: int, visual_tokens: int,
                            llm_trains: bool = True, tower_flops: float = 0.0,
                            tower_trains: bool = False) -> Optional[float]:
     """visual_tokens: per sample, in the sequence where the method puts them there. tower_flops:
-    the vision tower's forward per sample (0: none in front, e.g. precomputed features)."""
-    spec = get_method(method)
+    the vision tower's forward per sample (0: none in front, e.g. precomputed features). method:
+    its name, or its spec as a run resolved it."""
+    spec = method if isinstance(method, MethodSpec) else get_method(method)
     if spec.flops is None:
         return None
     llm = llm_shape(preset)
@@ -60,12 +61,13 @@ def tower_forward_flops(vision_weights: str | None, image_size: int) -> float:
     return vision_encoder_flops(shape, tokens)
 
 
-def run_flops_per_sample(cfg, preset: dict, trainable: list[str], visual_tokens: int) -> Optional[float]:
+def run_flops_per_sample(cfg, preset: dict, trainable: list[str], visual_tokens: int,
+                         spec: MethodSpec | None = None) -> Optional[float]:
     """train_flops_per_sample for a training run: what trains from its trainable groups, the tower
     from model.vision_weights where the method takes a tower's features."""
-    spec = get_method(cfg.model.method)
+    spec = spec or get_method(cfg.model.method)
     tower = tower_forward_flops(cfg.model.vision_weights, cfg.data.image_size) if spec.inputs == "features" else 0.0
-    return train_flops_per_sample(preset, cfg.model.method, cfg.data.seq_length, visual_tokens,
+    return train_flops_per_sample(preset, spec, cfg.data.seq_length, visual_tokens,
                                   llm_trains="llm" in trainable, tower_flops=tower,
                                   tower_trains="vision" in trainable)
 

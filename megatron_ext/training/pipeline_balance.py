@@ -30,8 +30,8 @@ class StageCosts:
     last: float    # what the last stage adds (the LM head)
 
 
-def stage_costs(cfg, preset: dict, trainable: list[str], visual_tokens: int = 0) -> StageCosts:
-    spec = get_method(cfg.model.method)
+def stage_costs(cfg, preset: dict, trainable: list[str], visual_tokens: int = 0, spec=None) -> StageCosts:
+    spec = spec or get_method(cfg.model.method)
     llm = llm_shape(preset)
     text = cfg.data.seq_length
     seq = text + (visual_tokens if spec.visual_tokens_in_sequence else 0)
@@ -68,7 +68,7 @@ def split(num_layers: int, pp: int, costs: StageCosts) -> tuple[int, int]:
     return first, last
 
 
-def default_stage_layers(cfg, preset: dict, trainable: list[str], visual_tokens: int = 0
+def default_stage_layers(cfg, preset: dict, trainable: list[str], visual_tokens: int = 0, spec=None
                          ) -> tuple[Optional[int], Optional[int]]:
     """(first, last) for the config: its own if set, else the estimate's where it differs from
     Megatron's even split (None, None: the even split)."""
@@ -77,7 +77,7 @@ def default_stage_layers(cfg, preset: dict, trainable: list[str], visual_tokens:
     if pp < 2 or t.first_stage_layers is not None or t.last_stage_layers is not None:
         return t.first_stage_layers, t.last_stage_layers
     layers = preset["llm"]["num_layers"]
-    costs = stage_costs(cfg, preset, trainable, visual_tokens)
+    costs = stage_costs(cfg, preset, trainable, visual_tokens, spec)
     first, last = split(layers, pp, costs)
     if (first, last, costs) not in _logged:
         _logged.add((first, last, costs))

@@ -24,29 +24,33 @@ def _preset(cfg: TrainConfig) -> dict:
                           f"configs/model/ or a YAML path)") from None
 
 
-def _transformer_config(cfg: TrainConfig, preset: dict):
+def _transformer_config(cfg: TrainConfig, preset: dict, spec):
     """The run's TransformerConfig at its TP/PP sizes (Megatron's own checks: stage layer counts...)."""
     import torch
 
     from megatron_ext.core.llm_config import qwen2_transformer_config
     from megatron_ext.methods.training import config_overrides
 
-    overrides = {k: v for k, v in config_overrides(cfg).items() if k != "fp8"}  # FP8 needs TE: GPU side
+    overrides = {k: v for k, v in config_overrides(cfg, spec).items() if k != "fp8"}  # FP8 needs TE: GPU side
     return qwen2_transformer_config(preset["llm"], cfg.parallel.tensor, cfg.parallel.pipeline,
                                     torch.float32, **{**preset.get("transformer", {}), **overrides})
 
 
-def _method_settings(cfg: TrainConfig, preset: dict) -> None:
-    """The method's own start-up validation (e.g. ROSE's blocks against TP), run on a
-    TransformerConfig of the run's TP/PP sizes instead of inside the model's constructor."""
+def method_spec(cfg: TrainConfig):
+    """The run's MethodSpec (model.method in the registry); an unknown name is a ConfigError."""
     from megatron_ext.methods import get_method
 
     try:
-        spec = get_method(cfg.model.method)
+        return get_method(cfg.model.method)
     except ValueError as e:
         raise ConfigError(f"model.method: {e}") from None
+
+
+def _method_settings(cfg: TrainConfig, preset: dict, spec) -> None:
+    """The method's own start-up validation (e.g. ROSE's blocks against TP), run on a
+    TransformerConfig of the run's TP/PP sizes instead of inside the model's constructor."""
     try:
-        tcfg = _transformer_config(cfg, preset)
+        tcfg = _transformer_config(cfg, preset, spec)
     except (ValueError, AssertionError) as e:
         t = cfg.train
         stages = (f", train.first_stage_layers={t.first_stage_layers}, train.last_stage_layers="
@@ -82,7 +86,7 @@ def _recompute(cfg: TrainConfig, preset: dict) -> None:
                           "available: use train.recompute=full, or selective with core_attn/layernorm only")
 
 
-def _fp8_shapes(cfg: TrainConfig, preset: dict) -> None:
+def _fp8_shapes(cfg: TrainConfig, preset: dict, spec) -> None:
     """Transformer Engine's FP8 GEMMs (assert_dim_for_fp8_exec) need every linear's input to have
     rows (tokens of a micro-batch) divisible by 8 and a width divisible by 16: refused here with
     the numbers instead of an assertion inside the first forward."""
@@ -91,7 +95,7 @@ def _fp8_shapes(cfg: TrainConfig, preset: dict) -> None:
     from megatron_ext.data.loader import image_tokens
 
     try:
-        in_sequence = image_tokens(cfg, preset)
+        in_sequence = image_tokens(cfg, preset, spec)
     except Exception:  # noqa: BLE001 - the method's own check reports a bad vision setting
         in_sequence = 0
     seq = cfg.data.seq_length + in_sequence
@@ -153,14 +157,16 @@ def check_manifest(path: str) -> int:
     return samples
 
 
-def check(cfg: TrainConfig, world_size: int) -> int:
-    """All checks that need no process group; returns the data-parallel size."""
+def check(cfg: TrainConfig, world_size: int, spec=None) -> int:
+    """All checks that need no process group; returns the data-parallel size. spec: the run's
+    MethodSpec (the Trainer's); without one, model.method's (method_spec)."""
     dp = validate(cfg, world_size)
     _paths(cfg)
     if cfg.data.kind != "synthetic":
         check_manifest(cfg.data.manifest)
     preset = _preset(cfg)
     _recompute(cfg, preset)
-    _fp8_shapes(cfg, preset)
-    _method_settings(cfg, preset)  # last: the only check that imports Megatron
+    spec = spec or method_spec(cfg)
+    _fp8_shapes(cfg, preset, spec)
+    _method_settings(cfg, preset, spec)  # last: the only check that imports Megatron
     return dp

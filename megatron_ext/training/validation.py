@@ -54,12 +54,12 @@ def _stack(samples: list) -> dict:
 
 
 class Validator:
-    def __init__(self, cfg, preset: dict, dp_rank: int, dp_size: int):
+    def __init__(self, cfg, preset: dict, dp_rank: int, dp_size: int, spec=None):
         from megatron_ext.data.loader import shard_dataset
 
         self.every = cfg.validation.every
         manifest = validation_manifest(cfg)
-        dataset = shard_dataset(cfg, preset, manifest)
+        dataset = shard_dataset(cfg, preset, manifest, spec)
         mbs = cfg.train.micro_batch_size
         wanted = cfg.validation.batches * mbs * dp_size
         # the first `wanted` readable items, repeated if the held-out set is smaller

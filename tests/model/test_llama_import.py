@@ -252,11 +252,11 @@ def test_unsupported_llama_variants_fail_clearly(tmp_path, llama_dir):
 def test_train_refuses_llm_weights_that_are_not_the_presets_llm(llama_dir, tmp_path):
     """model.llm_weights is checked against the preset before any model is built: one message
     naming each differing key."""
-    from megatron_ext.train import _check_llm_weights
+    from megatron_ext.training.trainer import check_llm_weights
     from megatron_ext.training.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=rf"model.llm_weights={llama_dir}: the model preset does not match "
                                           r".*llm.architecture: preset 'qwen2', checkpoint 'llama'.*"
                                           r"llm.hidden_size: preset 64, checkpoint 96"):
-        _check_llm_weights(load_config(str(ROOT / "configs/train/s1-rose-tiny.yaml"),
+        check_llm_weights(load_config(str(ROOT / "configs/train/s1-rose-tiny.yaml"),
                                        [f"model.llm_weights={llama_dir}", f"log.run_dir={tmp_path}"]))

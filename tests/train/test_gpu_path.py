@@ -59,7 +59,7 @@ def test_compute_device_follows_cuda(monkeypatch):
 def test_host_side_collectives_use_the_compute_device(monkeypatch):
     """The loss, distillation loss and preemption flag reach their all-reduce on the compute device
     (meta stands in for CUDA here)."""
-    from megatron_ext.train import _Preemption
+    from megatron_ext.training.preemption import Preemption
     from megatron_ext.training import step
 
     devices = []
@@ -76,7 +76,7 @@ def test_host_side_collectives_use_the_compute_device(monkeypatch):
             return 0.5
 
     for call in (lambda: step.reduce_loss([]), lambda: step.reduce_aux(Distilling()),
-                 lambda: _Preemption().agreed()):
+                 lambda: Preemption().agreed()):
         with pytest.raises(_Stop):
             call()
     assert devices == ["meta", "meta", "meta"]
@@ -92,11 +92,11 @@ def test_place_model_moves_frozen_parts_and_buffers():
 def test_training_places_the_whole_model_before_ddp(tmp_path, monkeypatch):
     """run() hands DDP a model whose every tensor is on the compute device."""
     from megatron_ext import train
-    from megatron_ext.training import optim
+    from megatron_ext.training import optim, trainer
     from train_helpers import tiny_cfg
 
     real = device_mod.place_model
-    monkeypatch.setattr(train, "place_model", lambda m: real(m, torch.device("meta")))
+    monkeypatch.setattr(trainer, "place_model", lambda m: real(m, torch.device("meta")))
     seen = {}
 
     def wrap_ddp(model, cfg):

@@ -31,6 +31,9 @@ class RoseConfig:
     blocks: int = 64
     generator_width: int = 512
     generator_heads: int = 8
+    # stability: the scale of the rotation head's output, T = t_scale * to_T(h) (vrmg.py). 1.0 is
+    # the paper's generator; smaller values slow how fast Adam grows the rotations
+    t_scale: float = 1.0
 
     def equipped_layers(self, num_layers: int) -> list[int]:
         return chosen_layers(self.layers, self.every, num_layers)
@@ -75,6 +78,8 @@ class RoseConfig:
         if not layers:
             raise RoseConfigError(f"no layer is equipped: rose.every={self.every} with num_layers="
                                   f"{tcfg.num_layers}; set rose.layers or a smaller rose.every")
+        if not self.t_scale > 0:
+            raise RoseConfigError(f"rose.t_scale={self.t_scale} must be positive (1.0: the paper's generator)")
         if self.generator_width % self.generator_heads:
             raise RoseConfigError(f"rose.generator_width={self.generator_width} is not divisible by "
                                   f"rose.generator_heads={self.generator_heads}")

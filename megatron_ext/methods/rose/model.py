@@ -47,7 +47,7 @@ class ROSEModel(InjectedGPTModel):
     def make_generator(self) -> VRMG:
         r = self.rose
         return VRMG(self.equipped, r.projections, r.blocks, r.block_sizes(self.config), r.visual_dim,
-                    r.generator_width, r.generator_heads)
+                    r.generator_width, r.generator_heads, r.t_scale)
 
     def conditioning_for(self, visual_features: torch.Tensor) -> dict:
         """{(layer, projection): R^T blocks of (batch, blocks, b, b)} for every equipped projection of
@@ -59,6 +59,22 @@ class ROSEModel(InjectedGPTModel):
     def rotations_for(self, visual_features: torch.Tensor) -> dict:
         """The rotations the layers apply: conditioning_for."""
         return self.conditioning_for(visual_features)
+
+    def conditioning_for(self, visual_features: torch.Tensor) -> dict:
+        T = super().conditioning_for(visual_features)
+        if T:
+            self._last_T = {k: t.detach() for k, t in T.items()}  # step_metrics reads it
+        return T
+
+    def step_metrics(self) -> dict:
+        """The size of the last micro-batch's skew-symmetric P per (sample, block): Frobenius norm
+        (sqrt(2) |T|), the largest and the mean over this stage's rotations. |R - I| grows with it
+        (for a block with eigen-angle theta of P, |R - I| = 2 theta / sqrt(1 + theta^2))."""
+        T = getattr(self, "_last_T", None)
+        if not T:
+            return {}
+        norms = torch.cat([(2 ** 0.5) * t.float().norm(dim=-1).flatten() for t in T.values()])
+        return {"rose_skew_norm_max": float(norms.max()), "rose_skew_norm_mean": float(norms.mean())}
 
     def equip(self, layer_number: int, spec: ModuleSpec) -> ModuleSpec:
         """Swap the projection linears holding rotated projections for RotatedLinear."""

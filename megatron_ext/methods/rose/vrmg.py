@@ -26,7 +26,8 @@ from .rotation import num_skew_params
 class LayerGenerator(nn.Module):
     """Generator parameters of one equipped layer."""
 
-    def __init__(self, projections, blocks: int, block_sizes: dict, visual_dim: int, width: int):
+    def __init__(self, projections, blocks: int, block_sizes: dict, visual_dim: int, width: int,
+                 t_scale: float = 1.0):
         super().__init__()
         self.projections = tuple(projections)
         self.blocks = blocks
@@ -40,6 +41,11 @@ class LayerGenerator(nn.Module):
         for head in self.to_T.values():  # R = I at step 0: the model starts as the base LLM
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
+        # T = t_scale * to_T(h). Under Adam each step moves a head weight by about the rate whatever
+        # its gradient, so T moves by ~ t_scale x rate x |h|_1 (|h|_1 ~ width): t_scale is the
+        # rotation head's own rate without a second optimizer group. A buffer, so checkpoints and
+        # exports carry it (RoseConfig.t_scale).
+        self.register_buffer("t_scale", torch.tensor(float(t_scale)))
 
 
 def _stack(mods, attr):
@@ -53,12 +59,12 @@ class VRMG(nn.Module):
     generator's."""
 
     def __init__(self, layers, projections, blocks: int, block_sizes: dict, visual_dim: int,
-                 width: int, heads: int):
+                 width: int, heads: int, t_scale: float = 1.0):
         super().__init__()
         self.layers = sorted(layers)
         self.heads = heads
         self.generators = nn.ModuleDict({
-            str(l): LayerGenerator(projections, blocks, block_sizes, visual_dim, width)
+            str(l): LayerGenerator(projections, blocks, block_sizes, visual_dim, width, t_scale)
             for l in self.layers})
 
     def forward(self, visual: torch.Tensor, select: dict | None = None) -> dict:
@@ -93,5 +99,5 @@ class VRMG(nn.Module):
         for li, (layer, gen) in enumerate(zip(self.layers, gens)):
             for pi, p in enumerate(gen.projections):
                 hp = h[li, :, pi * nb:(pi + 1) * nb]
-                T[(layer, p)] = gen.to_T[p](select[p](hp) if select and p in select else hp)
+                T[(layer, p)] = gen.to_T[p](select[p](hp) if select and p in select else hp) * gen.t_scale
         return T
