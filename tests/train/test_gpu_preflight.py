@@ -11,7 +11,7 @@ from megatron_ext.training.config import ConfigError, load_config
 
 
 def _cfg(*overrides):
-    return load_config(None, ["model.preset=tiny", "train.global_batch_size=8", *overrides])
+    return load_config(None, ["model.preset=tiny", "train.global_batch_size=8", "train.steps=10", *overrides])
 
 
 def test_fp8_refuses_tokens_per_micro_batch_not_divisible_by_8_with_the_fix():
@@ -36,7 +36,7 @@ def test_fp8_refuses_widths_not_divisible_by_16(tmp_path):
     path.write_text(yaml.safe_dump(preset))
     with pytest.raises(ConfigError, match=r"ffn_hidden_size / tensor parallel': 68"):
         preflight.check(load_config(None, [f"model.preset={path}", "train.fp8=hybrid", "data.seq_length=32",
-                                           "parallel.tensor=2", "train.global_batch_size=8"]), 2)
+                                           "parallel.tensor=2", "train.global_batch_size=8", "train.steps=10"]), 2)
 
 
 def test_recompute_settings_are_checked(tmp_path):
@@ -52,7 +52,7 @@ def test_recompute_settings_are_checked(tmp_path):
     path.write_text(yaml.safe_dump(preset))
     with pytest.raises(ConfigError, match=r"recompute_modules \['mlp'\].*train.recompute=full"):
         preflight.check(load_config(None, [f"model.preset={path}", "train.recompute=selective",
-                                           "train.global_batch_size=8"]), 1)
+                                           "train.global_batch_size=8", "train.steps=10"]), 1)
     assert preflight.check(_cfg("train.recompute=full"), 1) == 1
 
 
