@@ -54,17 +54,13 @@ class ROSEModel(InjectedGPTModel):
         this stage (row-parallel ones: this TP rank's blocks), the VRMG run once for all of them."""
         if self.generator is None:
             return {}
-        return rotations_of(self.generator(visual_features, select=self._select))
+        T = self.generator(visual_features, select=self._select)
+        self._last_T = {k: t.detach() for k, t in T.items()}  # step_metrics reads it
+        return rotations_of(T)
 
     def rotations_for(self, visual_features: torch.Tensor) -> dict:
         """The rotations the layers apply: conditioning_for."""
         return self.conditioning_for(visual_features)
-
-    def conditioning_for(self, visual_features: torch.Tensor) -> dict:
-        T = super().conditioning_for(visual_features)
-        if T:
-            self._last_T = {k: t.detach() for k, t in T.items()}  # step_metrics reads it
-        return T
 
     def step_metrics(self) -> dict:
         """The size of the last micro-batch's skew-symmetric P per (sample, block): Frobenius norm
