@@ -18,7 +18,7 @@ def test_t_scale_scales_T_and_is_in_the_state_dict():
     randomize_generator(base), randomize_generator(scaled)
     x = inputs()["visual_features"]
     with torch.no_grad():
-        t_base, t_scaled = base.rotations_for(x), scaled.rotations_for(x)
+        t_base, t_scaled = base.vrmg(x), scaled.vrmg(x)  # T, before the Cayley map
     for key in t_base:
         torch.testing.assert_close(t_scaled[key], 0.25 * t_base[key])
     assert any(k.endswith("t_scale") and float(v) == 0.25 for k, v in scaled.state_dict().items())
@@ -40,7 +40,7 @@ def test_step_metrics_report_the_rotation_size():
     assert m == {"rose_skew_norm_max": 0.0, "rose_skew_norm_mean": 0.0}  # R = I at initialisation
     randomize_generator(model, scale=0.1)
     with torch.no_grad():
-        T = model.rotations_for(inputs()["visual_features"])
+        T = model.vrmg(inputs()["visual_features"])
         model(**inputs())
     m = model.step_metrics()
     expected = max(float((2 ** 0.5) * t.norm(dim=-1).max()) for t in T.values())
