@@ -63,12 +63,15 @@ def grid_rows(doc: dict) -> list[str]:
 
 
 def final_rows(doc: dict) -> list[str]:
-    rows = ["| method | chosen | test accuracy | shuffled images | prior | shape | colour | yes/no | "
-            "yes/no balanced |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| method | chosen (validation accuracy; finished grid cells of the method) | test accuracy | "
+            "shuffled images | prior | shape | colour | yes/no | yes/no balanced |", "|---|---|---|---|---|---|---|---|---|"]
     for m, c in doc["choice"].items():
         f = doc["final"].get(m, {})
         k = f.get("kinds", {})
-        rows.append(f"| {NAMES[m]} | lr {c['rate']:g}, {c['knob']}={c['value']} (validation {c['validation_accuracy']:.3f}) | "
+        cells = [x for x in doc["cells"] if x["phase"] == "grid" and x["method"] == m]
+        done = sum(x["done"] for x in cells)
+        rows.append(f"| {NAMES[m]} | lr {c['rate']:g}, {c['knob']}={c['value']} ({c['validation_accuracy']:.3f}; "
+                    f"{done} of {len(cells)}{'' if done == len(cells) else ': provisional'}) | "
                     f"{_ms(f.get('matched'))} | {_ms(f.get('shuffled'))} | {_ms(f.get('prior'))} | "
                     f"{_ms(k.get('shape'))} | {_ms(k.get('colour'))} | {_ms(k.get('yes/no'))} | "
                     f"{_ms(f.get('yes_no_balanced'))} |")
