@@ -17,7 +17,9 @@ steps, batch and schedule per stage (configs/train/main/), then measured side by
                 any exports on their own.
 
 Writes <out>/fourway.json, fourway.md (the results page) and two plots (`--page` rewrites them
-from fourway.json); docs/RESULTS.md is the page of one such run. Resumable: a method fourway.json
+from fourway.json); part 3 of docs/RESULTS.md is the page of one such run. The comparison tuned
+alike (one grid for every method, chosen on validation, seeds) is bench/sweep.py's, whose results
+are docs/results/fourway.json. Resumable: a method fourway.json
 holds is kept, the main job skips the stages it finished, and each evaluation whose results.json
 exists is kept."""
 

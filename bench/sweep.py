@@ -188,8 +188,7 @@ class Runner:
                                  echo=self.echo, extra={s: cell.overrides(s, preset) for s in stages})
         hf_dir, _ = inference.export(cell_dir, trained[stages[-1]]["run_dir"], self.llm, echo=self.echo)
         result = dict(cell=dataclasses.asdict(cell), load=machine_load(),
-                      stages={s: dict(steps=t["steps"], wall_s=t["wall_s"], loss=[m["loss"] for m in t["metrics"]])
-                              for s, t in trained.items()})
+                      stages={s: stage_record(t) for s, t in trained.items()})
         if cell.phase == "grid":
             result["validation"] = score_export(hf_dir, self.val_questions)
         else:
@@ -200,6 +199,13 @@ class Runner:
             result["test"]["evaluation"] = {k: evaluation[k] for k in ("greedy", "prior", "stderr") if k in evaluation}
         result["wall_s"] = round(time.time() - t0, 1)
         return result
+
+
+def stage_record(trained: dict) -> dict:
+    """A stage's steps, losses and the seconds its steps took (metrics.jsonl's step_time_s: true
+    even when this invocation found the stage trained by an earlier one)."""
+    m = trained["metrics"]
+    return dict(steps=trained["steps"], loss=[r["loss"] for r in m], step_s=round(sum(r["step_time_s"] for r in m), 1))
 
 
 def _s1_steps() -> int:

@@ -40,7 +40,7 @@ def _loss_tail(result: dict, last: int = 10) -> float | None:
 
 def grid_rows(doc: dict) -> list[str]:
     rows = ["| method | knob | S1 peak rate | seed | done | S1 loss (mean of last 10 steps) | validation accuracy | "
-            "shape | colour | yes/no | yes/no balanced | wall (min) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "shape | colour | yes/no | yes/no balanced | S1 steps' time (min) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     prior = None
     for c in doc["cells"]:
         if c["phase"] != "grid":
@@ -54,7 +54,7 @@ def grid_rows(doc: dict) -> list[str]:
         k = v["kinds"]
         rows.append(f"| {NAMES[c['method']]} | {knob} | {c['rate']:g} | {c['seed']} | yes | {_f(_loss_tail(r))} | "
                     f"{_f(v['accuracy'])} | {_f(k['shape']['accuracy'])} | {_f(k['colour']['accuracy'])} | "
-                    f"{_f(k['yes/no']['accuracy'])} | {_f(v['yes_no_balanced'])} | {r['wall_s'] / 60:.1f} |")
+                    f"{_f(k['yes/no']['accuracy'])} | {_f(v['yes_no_balanced'])} | {_f(r['stages']['s1'].get('step_s', 0) / 60, 1)} |")
     if prior:
         k = prior["kinds"]
         rows.append(f"| question-only prior | | | | | | {_f(prior['accuracy'])} | {_f(k['shape']['accuracy'])} | "
@@ -63,12 +63,15 @@ def grid_rows(doc: dict) -> list[str]:
 
 
 def final_rows(doc: dict) -> list[str]:
-    rows = ["| method | chosen | test accuracy | shuffled images | prior | shape | colour | yes/no | "
-            "yes/no balanced |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| method | chosen (validation accuracy; finished grid cells of the method) | test accuracy | "
+            "shuffled images | prior | shape | colour | yes/no | yes/no balanced |", "|---|---|---|---|---|---|---|---|---|"]
     for m, c in doc["choice"].items():
         f = doc["final"].get(m, {})
         k = f.get("kinds", {})
-        rows.append(f"| {NAMES[m]} | lr {c['rate']:g}, {c['knob']}={c['value']} (validation {c['validation_accuracy']:.3f}) | "
+        cells = [x for x in doc["cells"] if x["phase"] == "grid" and x["method"] == m]
+        done = sum(x["done"] for x in cells)
+        rows.append(f"| {NAMES[m]} | lr {c['rate']:g}, {c['knob']}={c['value']} ({c['validation_accuracy']:.3f}; "
+                    f"{done} of {len(cells)}{'' if done == len(cells) else ': provisional'}) | "
                     f"{_ms(f.get('matched'))} | {_ms(f.get('shuffled'))} | {_ms(f.get('prior'))} | "
                     f"{_ms(k.get('shape'))} | {_ms(k.get('colour'))} | {_ms(k.get('yes/no'))} | "
                     f"{_ms(f.get('yes_no_balanced'))} |")
@@ -139,6 +142,7 @@ def markdown(doc: dict, cost: dict | None = None) -> str:
               f"cell through all stages, seeds {doc['final_seeds']}, on the main job's test questions. "
               f"{done} of {len(doc['cells'])} cells done.", "",
               "### Every grid cell (validation split, greedy answers)", "", *grid_rows(doc), "",
+              "![S1 loss of every finished grid cell](results/sweep_s1_loss.png)", "",
               "### The choice and the final runs (test questions; mean ± population spread over seeds)", ""]
     lines += final_rows(doc) if doc["choice"] else ["No grid cell has finished: nothing is chosen yet."]
     lines += ["", "### Against the targets", "", *target_rows(doc, cost), ""]
@@ -148,6 +152,32 @@ def markdown(doc: dict, cost: dict | None = None) -> str:
                   "cells are skipped (`python -m bench.sweep --out runs/sweep ...`, see the invocations above).", ""]
     lines.append(END)
     return "\n".join(lines)
+
+
+def loss_plot(doc: dict, png: Path, window: int = 5) -> Path | None:
+    """Every finished grid cell's S1 loss (a running mean over `window` steps), one line per cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [c for c in doc["cells"] if c["phase"] == "grid" and c["done"]]
+    if not cells:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for c in cells:
+        loss = c["result"]["stages"]["s1"]["loss"]
+        smooth = [statistics.fmean(loss[max(0, i - window + 1):i + 1]) for i in range(len(loss))]
+        ax.plot(range(1, len(loss) + 1), smooth, label=f"{NAMES[c['method']]} lr {c['rate']:g}, {c['knob'].split('.')[-1]} {c['value']}")
+    ax.set_xlabel("S1 step")
+    ax.set_ylabel(f"loss (mean of {window} steps)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
 
 
 def update_page(page: Path, section: str) -> None:
@@ -166,6 +196,7 @@ def main(argv=None) -> int:
     ap.add_argument("--page", default="docs/RESULTS.md")
     args = ap.parse_args(argv)
     doc = json.loads(Path(args.json).read_text())
+    loss_plot(doc, Path(args.json).parent / "sweep_s1_loss.png")
     update_page(Path(args.page), markdown(doc))
     print(args.page)
     return 0

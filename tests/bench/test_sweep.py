@@ -31,7 +31,7 @@ class FakeRunner:
         truths = ["yes", "no", "red", "circle"]
         scored = per_kind(["yes", "yes", "red", "square"], truths, ["is there a red shape?", "is there a blue shape?",
                                                                     "what color is the shape?", "what shape is this?"])
-        common = dict(stages={"s1": dict(steps=2, wall_s=1.0, loss=[1.0, 0.5])}, wall_s=1.0)
+        common = dict(stages={"s1": dict(steps=2, step_s=1.0, loss=[1.0, 0.5])}, wall_s=1.0)
         if cell.phase == "grid":
             return dict(common, validation=dict(scored, accuracy=acc, prior=scored))
         return dict(common, test=dict(matched=dict(scored, accuracy=acc), shuffled=dict(scored, accuracy=0.4),
