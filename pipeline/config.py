@@ -109,7 +109,7 @@ class ShardConfig:
     prefix: str = "train"
     # held-out samples for validation and evaluation: a fraction of the kept samples (0 < x < 1) or
     # a count (a whole number >= 1), drawn with `seed` before the training shards are cut; 0: none
-    validation: float = 0
+    validation: float = 0.0  # a float like every value read back (0 and 0.0 hash differently)
     validation_prefix: str = "val"
 
 
