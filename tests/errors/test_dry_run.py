@@ -17,11 +17,13 @@ def nothing_starts(monkeypatch):
     """Fail the test if anything would start a process group or build a model."""
     import megatron_ext.methods.training as method_training
     import megatron_ext.parallel as parallel
+    import megatron_ext.training.trainer as trainer  # imported before patching: it binds init_parallel by name
 
     def refuse(*a, **k):
         raise AssertionError("--dry-run started something")
 
-    monkeypatch.setattr(parallel, "init_parallel", refuse)
+    for module in (parallel, trainer):
+        monkeypatch.setattr(module, "init_parallel", refuse)
     monkeypatch.setattr(method_training, "build_training_model", refuse)
 
 
