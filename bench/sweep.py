@@ -259,28 +259,27 @@ def sweep(out: Path, methods, phase: str, seeds, runner, json_path: Path, max_ce
         json_path.write_text(json.dumps(doc, indent=2, default=str))
         return doc
 
-    s = state()
-    todo = [c for c in grid if c.name not in s["results"] and c.method in run_methods] \
-        if phase in ("grid", "all") else []
-    for cell in todo:
-        if max_cells is not None and ran >= max_cells:
-            return write(s, False)
-        log.info("== %s", cell.name)
-        _finish(out, cell, runner)
-        ran += 1
-        s = state()
-        write(s, False)
-    if phase in ("final", "all"):
-        if any(load_done(out, c) is None for c in grid):
-            log.warning("the grid is not finished: the final runs use the choice among the finished cells")
-        for cell in [c for c in s["final"] if c.name not in s["results"] and c.method in run_methods]:
+    def run_cells(cells: list) -> bool:
+        """Run the unfinished cells of this invocation's methods; False once --max-cells is reached."""
+        nonlocal ran, s
+        for cell in [c for c in cells if c.name not in s["results"] and c.method in run_methods]:
             if max_cells is not None and ran >= max_cells:
-                return write(s, False)
+                return False
             log.info("== %s", cell.name)
             _finish(out, cell, runner)
             ran += 1
             s = state()
             write(s, False)
+        return True
+
+    s = state()
+    if phase in ("grid", "all") and not run_cells(grid):
+        return write(s, False)
+    if phase in ("final", "all"):
+        if any(load_done(out, c) is None for c in grid):
+            log.warning("the grid is not finished: the final runs use the choice among the finished cells")
+        if not run_cells(s["final"]):
+            return write(s, False)
     return write(s, not any(c.name not in s["results"] for c in grid + s["final"]))
 
 
