@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -213,7 +214,7 @@ def _s1_steps() -> int:
 
 
 def sweep(out: Path, methods, phase: str, seeds, runner, json_path: Path, max_cells: int | None = None,
-          grid_seeds=(1,), command: str = "", listed=None) -> dict:
+          grid_seeds=(1,), command: str = "", listed=None, keep_checkpoints: bool = False) -> dict:
     """Runs the cells of `methods` not yet done (at most max_cells this time), rewriting json_path
     after each with every cell of the `listed` methods (default: `methods`), done or not."""
     run_methods = list(methods)
@@ -266,7 +267,7 @@ def sweep(out: Path, methods, phase: str, seeds, runner, json_path: Path, max_ce
             if max_cells is not None and ran >= max_cells:
                 return False
             log.info("== %s", cell.name)
-            _finish(out, cell, runner)
+            _finish(out, cell, runner, keep_checkpoints)
             ran += 1
             s = state()
             write(s, False)
@@ -283,10 +284,15 @@ def sweep(out: Path, methods, phase: str, seeds, runner, json_path: Path, max_ce
     return write(s, not any(c.name not in s["results"] for c in grid + s["final"]))
 
 
-def _finish(out: Path, cell: Cell, runner) -> None:
+def _finish(out: Path, cell: Cell, runner, keep_checkpoints: bool = False) -> None:
     cell_dir = out / cell.name
     result = runner(cell, cell_dir)
     (cell_dir / "done.json").write_text(json.dumps(result, indent=2, default=str))
+    if not keep_checkpoints:
+        # a finished cell is its export, metrics and done.json; its checkpoints (1.3 GB per stage
+        # at the main job's size) would fill the disk long before the grid ends
+        for checkpoints in sorted((cell_dir / "train").glob("*/checkpoints")):
+            shutil.rmtree(checkpoints)
 
 
 def main(argv=None) -> int:
@@ -300,6 +306,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-cells", type=int, help="stop after this many cells (resume later)")
     ap.add_argument("--size", default="default", choices=sorted(SIZES))
     ap.add_argument("--json", default="docs/results/fourway.json")
+    ap.add_argument("--keep-checkpoints", action="store_true",
+                    help="keep each finished cell's training checkpoints (default: removed once it is exported and scored)")
     args = ap.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
@@ -310,7 +318,7 @@ def main(argv=None) -> int:
     runner = Runner(out, args.size, args.grid_steps, args.val_images)
     sweep(out, methods, args.phase, [int(s) for s in args.seeds.split(",")], runner, Path(args.json),
           args.max_cells, command="python -m bench.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
-          listed=[m for m in ORDER if m in METHODS])
+          listed=[m for m in ORDER if m in METHODS], keep_checkpoints=args.keep_checkpoints)
     return 0
 
 

@@ -122,6 +122,28 @@ def test_a_killed_cell_is_rerun(tmp_path):
     assert again.ran[0] == victim
 
 
+class CheckpointingRunner(FakeRunner):
+    """Writes what a real cell leaves on disk: a stage's checkpoints, its metrics and an export."""
+
+    def __call__(self, cell, cell_dir: Path) -> dict:
+        stage = cell_dir / "train" / "s1"
+        (stage / "checkpoints" / "step_000002").mkdir(parents=True)
+        (stage / "checkpoints" / "step_000002" / "weights.pt").write_bytes(b"x" * 64)
+        (stage / "metrics.jsonl").write_text("{}\n")
+        (cell_dir / "hf").mkdir()
+        return super().__call__(cell, cell_dir)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_finished_cell_drops_its_checkpoints_unless_kept(tmp_path, keep):
+    out, js = tmp_path / "sweep", tmp_path / "fourway.json"
+    sweep.sweep(out, ["rose"], "grid", [1], CheckpointingRunner(), js, max_cells=1, keep_checkpoints=keep)
+    cell = out / sweep.grid_cells(["rose"])[0].name
+    assert (cell / "done.json").is_file() and (cell / "hf").is_dir()
+    assert (cell / "train" / "s1" / "metrics.jsonl").is_file()
+    assert (cell / "train" / "s1" / "checkpoints").exists() is keep
+
+
 def test_per_kind_and_balanced_yes_no():
     qs = ["is there a red shape?", "is there a blue shape?", "is there a green shape?", "what color is it?",
           "what shape is it?"]
