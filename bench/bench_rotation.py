@@ -6,7 +6,9 @@ R_i = (I + P_i)(I - P_i)^{-1}, R^T = 2 (I + P)^{-1} - I (docs/ARCHITECTURE.md, r
 Training (forward + backward w.r.t. x and T, the rotation built from T in the step):
 - plain GEMM:           no rotation, the floor;
 - built once + GEMM:    R^T blocks from `cayley_transposed` (inv_ex, fp32), applied with one batched
-                        GEMM in the activation dtype (`apply_rotation`): what the layers run now;
+                        GEMM in the activation dtype (`apply_rotation`);
+- now:                  what the layers run (`rotations_of(T, tokens)`): the above, or, for blocks
+                        wider than the tokens of a sample, A = I + P solved with (`SolvedRotation`);
 - before (issue 22):    the previous path, `torch.linalg.solve` of the LU against the block identity
                         then a GEMM, or the tokens as right-hand sides below b tokens per sample;
 - materialise R W:      the rotated weight W^T R^T per sample, then one GEMM per sample.
@@ -30,7 +32,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from bench.common import device, interleaved, load, machine, table  # noqa: E402
 from megatron_ext.methods.rose.rotation import (apply_rotation, block_cayley,  # noqa: E402
-                                                cayley_transposed, num_skew_params, skew_from_tril)
+                                                cayley_transposed, num_skew_params, rotations_of,
+                                                skew_from_tril)
 
 PROJECTIONS = {  # shape -> {projection: (d_in, d_out, blocks)}
     "7b": {"q": (3584, 3584, 64), "down": (18944, 3584, 64)},   # Qwen2.5-7B, the paper's 64 blocks
@@ -83,7 +86,9 @@ def bench_training(d, n, blocks, tokens, batch, dtype, reps):
         return torch.einsum("sbd,bnd->sbn", x.float(), W_rot).to(dtype)
 
     paths = {"plain GEMM (no rotation)": lambda: linear(x, W),
-             "built once (inv_ex) + GEMM: now": lambda: linear(apply_rotation(x, cayley_transposed(T, b)), W),
+             "built once (inv_ex) + GEMM": lambda: linear(apply_rotation(x, cayley_transposed(T, b)), W),
+             # what the layers run: R^T as above, or A = I + P solved with where b > tokens
+             "now: rotations_of(T, tokens)": lambda: linear(apply_rotation(x, rotations_of({0: T}, tokens)[0]), W),
              "before: LU solve in the layer": lambda: linear(rotate_before(x, T, b), W),
              "materialise R W per sample": materialise}
     outputs = {}

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from megatron_ext.methods.rose.rotation import SolvedRotation
 from rose_helpers import inputs, randomize_generator, tiny_rose
 
 pytestmark = pytest.mark.usefixtures("megatron_single_process")
@@ -47,14 +48,19 @@ def _step(model, batch):
     model(**batch).mean().backward()
 
 
+@pytest.mark.parametrize("seq", [16, 3], ids=["inverted-blocks", "solved-blocks"])
 @pytest.mark.parametrize("frozen_llm", [True, False], ids=["s1-frozen-llm", "all-trainable"])
-def test_rose_forward_backward_makes_no_synchronising_call(counted, frozen_llm):
+def test_rose_forward_backward_makes_no_synchronising_call(counted, frozen_llm, seq):
+    """Both ways a rotation is applied: R^T built by inv_ex, and (blocks wider than the sequence)
+    A = I + P solved with by solve_ex."""
     model = tiny_rose()
     randomize_generator(model)
     if frozen_llm:
         for p in model.language_model.parameters():
             p.requires_grad_(False)
-    batch = inputs()
+    batch = inputs(seq=seq)
+    kinds = {type(r) for r in model.conditioning_for(batch["visual_features"], seq).values()}
+    assert kinds == ({torch.Tensor} if seq == 16 else {SolvedRotation})
     _step(model, batch)  # first call outside the count: lazily built state (rope caches, ...)
     model.zero_grad(set_to_none=True)
     counted["on"] = True

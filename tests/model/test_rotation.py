@@ -6,7 +6,8 @@ import torch
 
 from megatron_ext.methods.rose.rotation import (apply_rotation, block_cayley, block_diag_matrix,
                                                 block_size_of, cayley_transposed, num_skew_params,
-                                                rotate_transposed, rotations_of, skew_from_tril)
+                                                rotate_transposed, rotations_of, skew_from_tril,
+                                                SolvedRotation, eye_plus_skew)
 
 
 def _T(*lead, blocks=4, b=8, scale=1.0, seed=0):
@@ -192,3 +193,35 @@ def test_shape_errors_name_the_mismatch():
         rotate_transposed(torch.randn(5, 2, 32), _T(3, blocks=4, b=8), 8)
     with pytest.raises(ValueError, match="x has 30 features; 4 blocks of 8 need 32"):
         apply_rotation(torch.randn(2, 30), cayley_transposed(_T(blocks=4, b=8), 8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("s", [1, 5])  # fewer tokens than the 8-wide blocks: where rotations_of solves
+def test_solved_rotation_applies_the_same_rotation_and_gradients(dtype, s):
+    """SolvedRotation (A = I + P, a solve on the activations) against the explicit R^T GEMM: the same
+    values and the same gradients w.r.t. x and T, in every activation dtype (the solve in fp32)."""
+    b, nb, batch = 8, 4, 3
+    T = (_T(batch, blocks=nb, b=b) * 5).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    x = torch.randn(s, batch, nb * b, dtype=torch.float64).to(dtype)
+    outs = {}
+    for name, build in {"explicit": cayley_transposed, "solved": eye_plus_skew}.items():
+        Tg, xg = T.clone().requires_grad_(), x.clone().requires_grad_()
+        y = apply_rotation(xg, build(Tg, b))
+        assert y.dtype == dtype and y.shape == x.shape
+        (y.float() * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        outs[name] = (y.detach().float(), xg.grad.float(), Tg.grad.float())
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    for a, e in zip(outs["solved"], outs["explicit"]):
+        torch.testing.assert_close(a, e, atol=tol, rtol=tol)
+
+
+def test_rotations_of_solves_only_blocks_wider_than_the_tokens():
+    T = {("l1", "q"): _T(2, blocks=4, b=8), ("l1", "down"): _T(2, blocks=4, b=16),
+         ("l2", "q"): _T(2, blocks=4, b=8)}
+    built = rotations_of(T, tokens=12)
+    assert isinstance(built[("l1", "down")], SolvedRotation)
+    assert all(torch.is_tensor(built[k]) for k in [("l1", "q"), ("l2", "q")])
+    assert all(torch.is_tensor(r) for r in rotations_of(T).values())  # serving: R^T for every block
+    x = torch.randn(12, 2, 64)
+    torch.testing.assert_close(apply_rotation(x, built[("l1", "down")]),
+                               apply_rotation(x, rotations_of(T)[("l1", "down")]), atol=1e-5, rtol=1e-5)

@@ -49,14 +49,21 @@ class ROSEModel(InjectedGPTModel):
         return VRMG(self.equipped, r.projections, r.blocks, r.block_sizes(self.config), r.visual_dim,
                     r.generator_width, r.generator_heads, r.t_scale)
 
-    def conditioning_for(self, visual_features: torch.Tensor) -> dict:
+    def conditioning_for(self, visual_features: torch.Tensor, tokens: int | None = None) -> dict:
         """{(layer, projection): R^T blocks of (batch, blocks, b, b)} for every equipped projection of
-        this stage (row-parallel ones: this TP rank's blocks), the VRMG run once for all of them."""
+        this stage (row-parallel ones: this TP rank's blocks), the VRMG run once for all of them.
+        tokens: the sequence each rotation rotates, where known: blocks wider than it are kept to
+        solve with (rotations_of)."""
         if self.generator is None:
             return {}
         T = self.generator(visual_features, select=self._select)
         self._last_T = {k: t.detach() for k, t in T.items()}  # step_metrics reads it
-        return rotations_of(T)
+        return rotations_of(T, tokens)
+
+    def forward(self, input_ids, position_ids, attention_mask, visual_features, labels=None, **kwargs):
+        tokens = next((t.shape[-1] for t in (position_ids, input_ids) if t is not None), None)
+        return self.run_decoder(self.conditioning_for(visual_features, tokens), input_ids, position_ids,
+                                attention_mask, labels=labels, **kwargs)
 
     def rotations_for(self, visual_features: torch.Tensor) -> dict:
         """The rotations the layers apply: conditioning_for."""

@@ -22,7 +22,7 @@ from torch import nn
 
 from megatron_ext.core.context import ConditionedLayer, ConditioningContext
 from megatron_ext.core.fused_layout import fuse, fused_parts, interleave_groups
-from megatron_ext.methods.rose.rotation import apply_rotation
+from megatron_ext.methods.rose.rotation import apply_rotation, map_rotation
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -76,8 +76,9 @@ class RotatedLinear(nn.Module, ConditionedLayer):
             p: base(input_size, size if size is not None else output_size, **kwargs) for p, size in parts})
         self.groups = interleave_groups(tp_comm_buffer_name, config, self.tp_group.size())
 
-    def _rotation(self, projection: str) -> torch.Tensor:
-        """This part's R^T blocks, (batch, blocks, b, b); for a row-parallel part only this rank's
+    def _rotation(self, projection: str):
+        """This part's R^T blocks, (batch, blocks, b, b), or its SolvedRotation (rotations_of); for a
+        row-parallel part only this rank's
         blocks (the model builds no others: methods/rose/local_blocks.py)."""
         if self.context is None:
             raise RuntimeError(f"layer {self.layer_number}: RotatedLinear is not bound to a model's "
@@ -85,7 +86,7 @@ class RotatedLinear(nn.Module, ConditionedLayer):
         Rt = self.context.get(self.layer_number, projection)
         if self.tp_group.size() > 1 and self.parallel == "column" and self.config.sequence_parallel:
             # each rank rotates only its sequence shard, so the rotation's gradient is partial per rank
-            Rt = copy_to_tensor_model_parallel_region(Rt, group=self.tp_group)
+            Rt = map_rotation(lambda t: copy_to_tensor_model_parallel_region(t, group=self.tp_group), Rt)
         return Rt
 
     def forward(self, x: torch.Tensor):

@@ -15,6 +15,11 @@ A rotation is built once per image and applied to many tokens, so the work is sp
 - `apply_rotation`: R^T x for all tokens of a sample, one batched GEMM in the activation dtype.
 `rotate_transposed` is the two in a row.
 
+Where a block is wider than the tokens it rotates (a 7B down projection in S1: 296-wide blocks,
+128 tokens per sample), forming the inverse costs more than using it: `rotations_of(T, tokens)`
+then keeps A = I + P (`SolvedRotation`) and `apply_rotation` solves A y = x with the tokens as
+right-hand sides (`solve_ex`: no error flag read either), 2 y - x. Same R^T x to fp32 rounding.
+
 Each block's P is parametrised by T, its strictly-lower-triangular entries in
 `torch.tril_indices(b, b, -1)` order: P[i, j] = T[k] and P[j, i] = -T[k].
 """
@@ -22,11 +27,26 @@ Each block's P is parametrised by T, its strictly-lower-triangular entries in
 from __future__ import annotations
 
 import math
+from typing import NamedTuple, Union
 
 import torch
 
 __all__ = ["num_skew_params", "block_size_of", "skew_from_tril", "block_cayley", "cayley_transposed",
-           "rotations_of", "apply_rotation", "rotate_transposed", "block_diag_matrix"]
+           "SolvedRotation", "eye_plus_skew", "map_rotation", "rotations_of", "apply_rotation",
+           "rotate_transposed", "block_diag_matrix"]
+
+
+class SolvedRotation(NamedTuple):
+    """R^T = 2 A^{-1} - I kept as A = I + P, (*B, nb, b, b) in fp32, for `apply_rotation` to solve.
+
+    For blocks wider than the tokens they rotate: the solve with S right-hand sides and its
+    backward (one more solve, one b x S x b GEMM) cost less than the explicit inverse and its
+    backward (two b x b x b GEMMs). 7B down, 8 samples x 128 tokens, 64 blocks of 296, forward +
+    backward, one CPU thread: 2.0 s against 2.8 s (bench/bench_rotation.py)."""
+    A: torch.Tensor
+
+
+Rotation = Union[torch.Tensor, SolvedRotation]  # R^T blocks, or A to solve with
 
 
 def _solve_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -86,17 +106,37 @@ def cayley_transposed(T: torch.Tensor, block_size: int) -> torch.Tensor:
         return 2.0 * inverse - eye
 
 
-def rotations_of(T: dict) -> dict:
+def eye_plus_skew(T: torch.Tensor, block_size: int) -> SolvedRotation:
+    """A = I + P per block, (..., nb, b, b), in fp32 (fp64 stays fp64), for `apply_rotation` to solve."""
+    dtype = _solve_dtype(T.dtype)
+    with torch.autocast(T.device.type, enabled=False):
+        eye = torch.eye(block_size, dtype=dtype, device=T.device)
+        return SolvedRotation(skew_from_tril(T.to(dtype), block_size) + eye)
+
+
+def map_rotation(fn, rotation: Rotation) -> Rotation:
+    """fn applied to the tensor a rotation holds (R^T blocks, or a SolvedRotation's A)."""
+    return SolvedRotation(fn(rotation.A)) if isinstance(rotation, SolvedRotation) else fn(rotation)
+
+
+def rotations_of(T: dict, tokens: int | None = None) -> dict:
     """{key: T of (*B, nb, b(b-1)/2)} -> {key: R^T blocks of (*B, nb, b, b)} (cayley_transposed),
     with one factorisation call per block size: every projection of every layer of a micro-batch
     whose blocks have the same size is concatenated along the blocks and built at once (a small
-    model's 9 x 9 blocks cost per call, not per FLOP)."""
+    model's 9 x 9 blocks cost per call, not per FLOP).
+
+    tokens: how many tokens of a sample each rotation will rotate, where known (training: the
+    sequence). Blocks wider than that are kept as a `SolvedRotation` (A = I + P), cheaper to solve
+    with than to invert. None (serving: reused for every decoded token): R^T for every block."""
     groups: dict = {}
     for key, t in T.items():
         groups.setdefault((t.shape[:-2], t.shape[-1], t.dtype, t.device), []).append(key)
     out = {}
     for (_, t, _, _), keys in groups.items():
         b = block_size_of(t)
+        if tokens is not None and tokens < b:
+            out.update({k: eye_plus_skew(T[k], b) for k in keys})  # one solve per layer anyway
+            continue
         if len(keys) == 1:
             out[keys[0]] = cayley_transposed(T[keys[0]], b)
             continue
@@ -115,8 +155,9 @@ def block_diag_matrix(blocks: torch.Tensor) -> torch.Tensor:
     return out.reshape(*lead, nb * b, nb * b)
 
 
-def apply_rotation(x: torch.Tensor, Rt: torch.Tensor) -> torch.Tensor:
-    """R^T x on the last dimension of x, for the blocks Rt = R^T of (*B, nb, b, b) (cayley_transposed).
+def apply_rotation(x: torch.Tensor, Rt: Rotation) -> torch.Tensor:
+    """R^T x on the last dimension of x, for the blocks Rt = R^T of (*B, nb, b, b) (cayley_transposed),
+    or for a SolvedRotation (rotations_of): 2 A^{-1} x - x by a solve in fp32, returned in x's dtype.
 
     Rt's leading dims *B line up with the trailing leading dims of x (numpy-style, right-aligned,
     each equal or 1); leading dims of x beyond them share one rotation: for Megatron's
@@ -127,12 +168,14 @@ def apply_rotation(x: torch.Tensor, Rt: torch.Tensor) -> torch.Tensor:
     fp32 blocks are cast to it (bf16 activations use bf16 GEMMs; under autocast the matmul is
     autocast like any other). Differentiable in x and Rt.
     """
-    nb, b = Rt.shape[-3], Rt.shape[-1]
-    if Rt.shape[-2] != b:
+    solved = isinstance(Rt, SolvedRotation)
+    blocks = Rt.A if solved else Rt
+    nb, b = blocks.shape[-3], blocks.shape[-1]
+    if blocks.shape[-2] != b:
         raise ValueError(f"R^T blocks must be square, got {tuple(Rt.shape[-2:])}")
     if x.shape[-1] != nb * b:
         raise ValueError(f"x has {x.shape[-1]} features; {nb} blocks of {b} need {nb * b}")
-    batch = Rt.shape[:-3]
+    batch = blocks.shape[:-3]
     k = len(batch)
     lead = x.shape[:-1]
     if k > len(lead):
@@ -143,7 +186,12 @@ def apply_rotation(x: torch.Tensor, Rt: torch.Tensor) -> torch.Tensor:
                          f"leading dims of x {tuple(lead)} (each must match or be 1)")
     shared = lead[: len(lead) - k]  # dims of x that share one rotation (e.g. the sequence)
     xs = x.reshape(math.prod(shared), *per, nb, b).movedim(0, -2)   # (*per, nb, S, b): rows are tokens
-    y = torch.matmul(xs, Rt.to(x.dtype).transpose(-1, -2))          # (R^T x)^T = x^T R per block
+    if solved:
+        with torch.autocast(x.device.type, enabled=False):  # rule 2: the solve stays in fp32
+            cols = xs.to(blocks.dtype).transpose(-1, -2)           # (*per, nb, b, S): tokens are columns
+            y = (2.0 * torch.linalg.solve_ex(blocks, cols)[0] - cols).transpose(-1, -2).to(x.dtype)
+    else:
+        y = torch.matmul(xs, Rt.to(x.dtype).transpose(-1, -2))      # (R^T x)^T = x^T R per block
     return y.movedim(-2, 0).reshape(x.shape)
 
 
