@@ -74,9 +74,9 @@ def export_rose(preset: dict, out_dir: str, dtype) -> str:
     """A tiny ROSE VisionLanguageModel with non-zero rotations, exported as a HF folder."""
     from transformers import SiglipImageProcessorPil, SiglipVisionConfig
 
-    from megatron_ext.export import export_model
+    from megatron_ext.export.folder import export_model
     from megatron_ext.methods import build_model
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
     from megatron_ext.core.vlm import VisionLanguageModel
 
     torch.manual_seed(0)

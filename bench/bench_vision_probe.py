@@ -68,7 +68,7 @@ def probe(train_x, train_y, test_x, test_y, steps: int, lr: float = 1e-2) -> lis
 def tiny_siglip():
     from transformers import SiglipVisionConfig
 
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
 
     torch.manual_seed(0)
     return VisionTower.from_config(SiglipVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
@@ -97,7 +97,7 @@ def from_scratch(train_px, train_y, test_px, test_y, steps: int, batch: int = 64
 
 def main(argv=None) -> None:
     from megatron_ext.hf.efficientnet import IMAGENET_MEAN, IMAGENET_STD, convert
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--efficientnet", default="runs/assets/efficientnet-lite0",
