@@ -124,7 +124,7 @@ def test_masked_softmax_fusion_only_where_its_kernels_import(monkeypatch, kernel
 
 
 def test_norm_names_map_between_backends():
-    from megatron_ext.training.checkpoint import _norm_alias
+    from megatron_ext.core.weights import _norm_alias
 
     qkv = "decoder.layers.3.self_attention.linear_qkv.layer_norm_weight"
     fc1 = "decoder.layers.3.mlp.linear_fc1.layer_norm_weight"
