@@ -41,6 +41,11 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from bench.common import device, load, machine, sync, table, time_fn  # noqa: E402
+from megatron_ext.core.vlm import VisionLanguageModel  # noqa: E402
+from megatron_ext.export.folder import export_model  # noqa: E402
+from megatron_ext.hf.vision_tower import VisionTower  # noqa: E402
+from megatron_ext.methods import build_model, resolve_preset  # noqa: E402
+from megatron_ext.parallel import init_parallel  # noqa: E402
 
 PRESETS = {
     "tiny": "tiny",
@@ -73,11 +78,6 @@ def word_tokenizer(vocab_size: int):
 def export_rose(preset: dict, out_dir: str, dtype) -> str:
     """A tiny ROSE VisionLanguageModel with non-zero rotations, exported as a HF folder."""
     from transformers import SiglipImageProcessorPil, SiglipVisionConfig
-
-    from megatron_ext.export import export_model
-    from megatron_ext.methods import build_model
-    from megatron_ext.vision_tower import VisionTower
-    from megatron_ext.core.vlm import VisionLanguageModel
 
     torch.manual_seed(0)
     lm = build_model(preset, method="rose", backend="local")
@@ -174,8 +174,6 @@ def latencies(v: Variants, new: int, reps: int) -> dict:
 
 
 def run(args, dtype):
-    from megatron_ext.methods import resolve_preset
-
     preset = json.loads(json.dumps(resolve_preset(PRESETS[args.preset])))
     llm = preset["llm"]
     llm["max_position_embeddings"] = max(llm["max_position_embeddings"],
@@ -219,7 +217,6 @@ def main() -> None:
         ap.error("--new-tokens must be at least 2 (per-token latency is measured after the first)")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or
                                                              ("bf16" if torch.cuda.is_available() else "fp32")]
-    from megatron_ext.parallel import init_parallel
     init_parallel(1, 1)
     print(f"machine: {machine()}   {load()}   dtype: {dtype}   preset: {args.preset}   prompt: "
           f"{args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, batch 1   reps: {args.reps} "

@@ -24,6 +24,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from bench.common import device, interleaved, load, machine, table  # noqa: E402
+from megatron_ext.methods.rose import build_rose  # noqa: E402
+from megatron_ext.methods.rose.layout import fused_to_parts  # noqa: E402
+from megatron_ext.parallel import init_parallel  # noqa: E402
 
 SHAPES = {
     # Qwen2.5-7B decoder layer, the paper's 64 blocks, SigLIP2-so400m visual width
@@ -55,9 +58,6 @@ def one_layer_models(shape: dict, dtype: torch.dtype):
     """A 1-layer ROSE model and the plain GPTModel with the same weights."""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-
-    from megatron_ext.methods.rose import build_rose
-    from megatron_ext.methods.rose.layout import fused_to_parts
 
     rose = build_rose(shape, backend="auto", dtype=dtype).to(device())
     llm = shape["llm"]
@@ -125,7 +125,6 @@ def main() -> None:
     args = ap.parse_args()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or
                                                              ("bf16" if torch.cuda.is_available() else "fp32")]
-    from megatron_ext.parallel import init_parallel
     init_parallel(1, 1)
 
     shape = SHAPES[args.shape]

@@ -19,6 +19,9 @@ import torch
 
 from bench.bench_layer import SHAPES  # the ROSE bench's LLM shapes
 from bench.common import device, interleaved, machine, table
+from megatron_ext.methods import build_model
+from megatron_ext.methods.vora import vora_attention_mask
+from megatron_ext.parallel import init_parallel
 
 METHOD = {
     "7b": dict(vlora=dict(layers=[1], rank=64, generator_width=512, generator_depth=8, generator_heads=8),
@@ -31,8 +34,6 @@ METHOD = {
 
 
 def models(shape_name: str, dtype):
-    from megatron_ext.methods import build_model
-
     shape = dict(SHAPES[shape_name])
     m = METHOD[shape_name]
     shape.update(vlora=m["vlora"], vora=dict(m["vora"], teacher_dim=m["teacher_dim"]))
@@ -61,7 +62,6 @@ def bench(shape_name: str, tokens: int, batch: int, visual_tokens: int, dtype, r
     image_ids = torch.full((batch, tokens), -1, device=dev)
     for b in range(batch):
         image_ids[b, :visual_tokens] = b
-    from megatron_ext.methods.vora import vora_attention_mask
     mask = vora_attention_mask(image_ids)
 
     run = {
@@ -110,7 +110,6 @@ def main() -> None:
     args = ap.parse_args()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or
                                                              ("bf16" if torch.cuda.is_available() else "fp32")]
-    from megatron_ext.parallel import init_parallel
     init_parallel(1, 1)
     m = METHOD[args.shape]
     print(f"machine: {machine()}   dtype: {dtype}   shape: {args.shape}   tokens: {args.tokens} x batch "

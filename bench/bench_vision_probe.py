@@ -20,6 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from megatron_ext.data.shards import decode_image
+from megatron_ext.hf.efficientnet import IMAGENET_MEAN, IMAGENET_STD, convert
+from megatron_ext.hf.vision_tower import VisionTower
+
 SHAPES = ("circle", "rectangle", "triangle")
 COLOURS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 
@@ -41,8 +45,6 @@ def labelled_images(split: str, limit: int) -> tuple[list[str], torch.Tensor]:
 
 
 def pixels(paths: list[str], size: int, mean, std) -> torch.Tensor:
-    from megatron_ext.data.shards import decode_image
-
     return torch.stack([decode_image(open(p, "rb").read(), size, mean, std) for p in paths])
 
 
@@ -67,8 +69,6 @@ def probe(train_x, train_y, test_x, test_y, steps: int, lr: float = 1e-2) -> lis
 
 def tiny_siglip():
     from transformers import SiglipVisionConfig
-
-    from megatron_ext.vision_tower import VisionTower
 
     torch.manual_seed(0)
     return VisionTower.from_config(SiglipVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
@@ -96,9 +96,6 @@ def from_scratch(train_px, train_y, test_px, test_y, steps: int, batch: int = 64
 
 
 def main(argv=None) -> None:
-    from megatron_ext.hf.efficientnet import IMAGENET_MEAN, IMAGENET_STD, convert
-    from megatron_ext.vision_tower import VisionTower
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--efficientnet", default="runs/assets/efficientnet-lite0",
                     help="EfficientNet-Lite0 folder (written there if absent)")

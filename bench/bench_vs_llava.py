@@ -42,6 +42,11 @@ import torch.nn.functional as F
 
 from bench.common import (device, interleaved, load, machine, peak_memory,
                           peak_memory_measure, table)
+from megatron_ext.core.llm_config import gpt_model_kwargs, preset_transformer_config
+from megatron_ext.core.specs import decoder_block_spec, linear_classes, resolve_backend
+from megatron_ext.methods import build_model, resolve_preset
+from megatron_ext.methods.vora import VoRAConfig
+from megatron_ext.parallel import init_parallel
 
 # the LLM and vision width come from the ROSE preset; each method's section from its own preset
 FAMILIES = {
@@ -56,8 +61,6 @@ LABELS = {"llava": "LLaVA (input space)", "rose": "ROSE", "vlora": "VLoRA", "vor
 
 
 def family_preset(name: str, max_tokens: int) -> dict:
-    from megatron_ext.methods import resolve_preset
-
     names = FAMILIES[name]
     preset = json.loads(json.dumps(resolve_preset(names["rose"])))
     vlora = resolve_preset(names["vlora"])
@@ -83,9 +86,6 @@ def build_llava(preset: dict, visual_tokens: int, dtype):
 
     from megatron.core.models.multimodal import llava_model
     from megatron.core.transformer.mlp import MLPSubmodules
-
-    from megatron_ext.core.llm_config import gpt_model_kwargs, preset_transformer_config
-    from megatron_ext.core.specs import decoder_block_spec, linear_classes, resolve_backend
 
     backend = resolve_backend("auto")
     config = preset_transformer_config(preset, dtype)
@@ -120,8 +120,6 @@ def build_llava(preset: dict, visual_tokens: int, dtype):
 
 def build(method: str, preset: dict, visual_tokens: int, dtype, train: str):
     """(model, its trainable parameters) in the setting `train`."""
-    from megatron_ext.methods import build_model
-
     torch.manual_seed(0)
     if method == "llava":
         model = build_llava(preset, visual_tokens, dtype)
@@ -186,7 +184,6 @@ class Inputs:
         self.vora_pos = torch.arange(visual + text, device=dev).expand(batch, visual + text)
         self.image_ids = torch.cat([torch.arange(batch, device=dev)[:, None].expand(batch, visual),
                                     torch.full((batch, text), -1, device=dev)], 1)
-        from megatron_ext.methods.vora import VoRAConfig
         distilled = VoRAConfig(**preset["vora"]).distilled()
         self.teacher = [torch.randn(batch * visual, preset["vora"]["teacher_dim"], generator=g).to(dev, dtype)
                         for _ in distilled]
@@ -267,7 +264,6 @@ def main() -> None:
     args = ap.parse_args()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or
                                                              ("bf16" if torch.cuda.is_available() else "fp32")]
-    from megatron_ext.parallel import init_parallel
     init_parallel(args.tensor, 1)
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     if rank0:

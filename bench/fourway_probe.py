@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=600)
     ap.add_argument("--out", default="docs/results/probe.json")
     args = ap.parse_args(argv)
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
 
     assets = Path(args.assets).resolve()
     samples, y = labelled(easyvqa.load_split("train")[:args.images])

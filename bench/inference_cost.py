@@ -19,7 +19,11 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.common import machine_load
+from bench.common import interleaved, machine_load
+from bench.fourway_page import machine
+from megatron_ext.evaluate.cost import sample_cost
+from megatron_ext.evaluate.scorer import ExportScorer
+from megatron_ext.evaluate.vqa import heldout_questions
 
 
 def latency(hf_dirs: dict, image_size: int, reps: int = 5) -> dict:
@@ -27,11 +31,6 @@ def latency(hf_dirs: dict, image_size: int, reps: int = 5) -> dict:
     image_size, with the counted GFLOPs and the visual tokens; interleaved across the models so the
     machine's load hits them alike. A model that cannot take the size says why."""
     import torch
-
-    from bench.common import interleaved
-    from megatron_ext.evaluate.cost import sample_cost
-    from megatron_ext.evaluate.scorer import ExportScorer
-    from megatron_ext.evaluate.vqa import heldout_questions
 
     q = heldout_questions(1)[0]
     scorers, costs, refused = {}, {}, {}
@@ -91,8 +90,6 @@ def main(argv=None) -> int:
         sizes = [int(s) for s in args.sizes.split(",") if s]
     except ValueError:
         ap.error(f"--sizes {args.sizes}: comma-separated pixel sizes, e.g. 160,320")
-    from bench.fourway_page import machine
-
     started, loads = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), [machine_load()]
     costs = {str(s): latency(exports, s) for s in sizes}
     loads.append(machine_load())

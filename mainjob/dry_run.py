@@ -11,7 +11,7 @@ import yaml
 
 from mainjob.settings import METHODS, PROCESSES, SIZES, train_config
 from mainjob.training import stage_steps
-from megatron_ext.methods.training import check_training, trainable_groups
+from megatron_ext.training.model import check_training, trainable_groups
 from megatron_ext.training.config import load_config, validate
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from mainjob import assets, data, dry_run, inference, report, training
 from mainjob.proc import StepFailed
 from mainjob.settings import METHODS, SIZES
-from megatron_ext.model_card import write_model_card
+from megatron_ext.export.model_card import write_model_card
 from pvcommon.argparser import ArgumentParser
 from pvcommon.errors import UserError
 from pvcommon.errors import report as report_error

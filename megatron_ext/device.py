@@ -65,3 +65,14 @@ def require_usable_gpu() -> None:
             f"this node has an NVIDIA GPU but torch {torch.__version__} cannot use it (CUDA build: "
             f"{torch.version.cuda or 'none'}); reinstall with scripts/setup.sh, or set "
             f"PARAMVISION_ALLOW_CPU=1 to run on the CPU on purpose")
+
+
+# dense bf16 peak FLOP/s by device name, for MFU
+PEAK_BF16 = {"H100": 989e12, "H800": 989e12, "H200": 989e12, "A100": 312e12, "A800": 312e12}
+
+
+def peak_flops(device_name: str) -> float | None:
+    for key, value in PEAK_BF16.items():
+        if key in device_name:
+            return value
+    return None

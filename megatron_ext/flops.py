@@ -87,17 +87,6 @@ def breakdown(llm_name: str, method: str, visual_tokens: int, text_tokens: int,
     return out
 
 
-# dense bf16 peak FLOP/s by device name, for MFU
-PEAK_BF16 = {"H100": 989e12, "H800": 989e12, "H200": 989e12, "A100": 312e12, "A800": 312e12}
-
-
-def peak_flops(device_name: str) -> float | None:
-    for key, value in PEAK_BF16.items():
-        if key in device_name:
-            return value
-    return None
-
-
 def main(argv=None) -> None:
     ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llm", choices=sorted(LLMS), default="qwen2.5-7b")

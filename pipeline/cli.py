@@ -9,6 +9,8 @@ import os
 import sys
 
 from pipeline import config as config_mod
+from pipeline import preflight
+from pipeline.ray_setup import RayConnectError
 from pvcommon.argparser import ArgumentParser
 from pvcommon.errors import DataError, UserError, report
 from pvcommon.runlock import lock_run_dir
@@ -48,7 +50,6 @@ def _as_user_error(e: Exception) -> UserError:
 
 def exit_on_user_error(fn, *args):
     """Run `fn`; a user's mistake ends with its one line (logged too) and its exit code."""
-    from pipeline.ray_setup import RayConnectError
     try:
         return fn(*args)
     except (UserError, FileNotFoundError, RayConnectError) as e:
@@ -60,7 +61,6 @@ def exit_on_user_error(fn, *args):
 def start(cfg, stages) -> None:
     """Before any stage: the checks that need no data (pipeline/preflight.py), then the lock on
     output_dir so that a second run on it stops here, naming this one's pid."""
-    from pipeline import preflight
     preflight.check(cfg, stages)
     lock_run_dir(cfg.output_dir, "output_dir")
 

@@ -14,6 +14,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from megatron_ext.data import easyvqa
+
 WORDS = ("red green blue small large round square striped dotted bright dark old new wooden metal "
          "cat dog house tree car boat bird flower mountain river street window table").split()
 
@@ -83,8 +85,6 @@ def add_easyvqa(files: dict, rows: list, n: int) -> dict:
     each with an alt-text built from its own questions ('a red triangle'); appends their rows.
     -> {path: JSON list of [question, answer]}: the URL list's `qa` column. The test split is
     never served: it is the evaluation's."""
-    from megatron_ext.data import easyvqa
-
     train = easyvqa.load_split("train")
     if not 0 <= n <= len(train):
         raise ValueError(f"easy-VQA images: {n} asked, the train split has {len(train)}")

@@ -20,9 +20,12 @@ import pyarrow.parquet as pq  # noqa: E402
 from img2dataset.resizer import Resizer  # noqa: E402
 
 from pipeline import accounting  # noqa: E402
-from pipeline.config import PipelineConfig  # noqa: E402
+from pipeline.cli import stage_main  # noqa: E402
+from pipeline.config import ConfigError, PipelineConfig  # noqa: E402
+from pipeline.fsio import write_parquet_atomic  # noqa: E402
 from pipeline.image_guard import check_bytes  # noqa: E402
 from pipeline.inputs import prepare  # noqa: E402
+from pipeline.ray_setup import init_ray  # noqa: E402
 from pipeline.stage_io import DOWNLOAD, INPUT, finished_shards, guard_settings, settings  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -92,9 +95,6 @@ def with_extra_columns(cfg: PipelineConfig, todo: pd.DataFrame, in_dir: str) -> 
     download and rewrites to_download.parquet with them; img2dataset saves them per sample."""
     if not cfg.extra_columns:
         return todo
-    from pipeline.config import ConfigError
-    from pipeline.fsio import write_parquet_atomic
-
     if cfg.input.endswith((".csv", ".tsv")):
         import pyarrow.csv as pacsv
         t = pacsv.read_csv(cfg.input, parse_options=pacsv.ParseOptions(
@@ -127,7 +127,6 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
     if distributor == "auto":
         distributor = "ray" if (cfg.ray.address or os.environ.get("RAY_ADDRESS")) else "multiprocessing"
     if distributor == "ray":
-        from pipeline.ray_setup import init_ray
         init_ray(cfg.ray)
     log.info("download: %d URLs -> %s with img2dataset (%s distributor)", len(todo), out_dir, distributor)
     if len(todo):
@@ -152,7 +151,6 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
 
 
 def main(argv=None):
-    from pipeline.cli import stage_main
     stage_main(run, __doc__, argv)
 
 

@@ -20,11 +20,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline import accounting
+from pipeline.cli import stage_main
+from pipeline.clip_score import ClipScorer
 from pipeline.config import PipelineConfig
+from pipeline.dedup import Deduper
 from pipeline.fsio import iter_tar, shard_name, write_parquet_atomic
+from pipeline.ray_setup import init_ray
 from pipeline.samples import parse
 from pipeline.stage_io import FILTER, previous_decisions, source_shards
 from pipeline.text_checks import caption_problem
+from recaption.prompts import resolve_prompt
 
 log = logging.getLogger(__name__)
 FEATURES = pa.schema([("uid", pa.int64()), ("shard", pa.string()), ("key", pa.string()), ("pos", pa.int64()),
@@ -71,7 +76,6 @@ def shard_features(shard: str, cfg: PipelineConfig) -> pd.DataFrame:
     f, rec = cfg.filter, cfg.recaption
     prompt = None
     if rec.enabled:
-        from recaption.prompts import resolve_prompt
         prompt = resolve_prompt(rec.prompt)
     rows, images, texts = [], [], []
     for pos, (key, fields, problem) in enumerate(iter_tar(shard)):
@@ -100,7 +104,6 @@ def shard_features(shard: str, cfg: PipelineConfig) -> pd.DataFrame:
         texts.append(text)
     df = pd.DataFrame(rows, columns=FEATURES.names)
     if f.clip.model and len(df):
-        from pipeline.clip_score import ClipScorer
         scores = ClipScorer.get(f.clip.model).score(images, texts, f.clip.batch_size)
         df["clip_score"] = scores
         low = (df.reason == "") & (df.clip_score < f.clip.min_score)
@@ -121,7 +124,6 @@ def _compute(cfg: PipelineConfig, shards: list) -> None:
         return
     import ray
 
-    from pipeline.ray_setup import init_ray
     init_ray(cfg.ray)
     ray.data.DataContext.get_current().enable_progress_bars = False  # tqdm below tracks shards
 
@@ -148,7 +150,6 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
     want = accounting.passed(expected)
     feats = feats[feats.uid.isin(want)]
 
-    from pipeline.dedup import Deduper
     dedup = Deduper(cfg.filter.phash_max_distance, cfg.filter.dedup_exact)
     reasons = []
     for r in feats.itertuples(index=False):
@@ -172,7 +173,6 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
 
 
 def main(argv=None):
-    from pipeline.cli import stage_main
     stage_main(run, __doc__, argv)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 
+from pipeline.inputs import check_readable
 from pvcommon.errors import ConfigError
+from recaption.base import BackendUnavailable, check_model_dir, select_backend
 
 
 def _model_dir(key: str, path) -> None:
@@ -18,15 +20,12 @@ def _model_dir(key: str, path) -> None:
 
 def check(cfg, stages) -> None:
     """cfg: PipelineConfig; stages: the stage names about to run, in order."""
-    from pipeline.inputs import check_readable
-
     out = cfg.output_dir
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"output_dir: {out} is a file; set output_dir to a folder")
     if "download" in stages:
         check_readable(cfg.input)
     if "recaption" in stages:
-        from recaption.base import BackendUnavailable, check_model_dir, select_backend
         try:
             check_model_dir(cfg.recaption.model)
             select_backend(cfg.recaption.backend)

@@ -22,10 +22,17 @@ import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pipeline import accounting  # noqa: E402
+from pipeline.cli import stage_main  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.fsio import iter_tar, read_at, remove_stale_temps, shard_name, tar_index, write_tar_atomic  # noqa: E402
+from pipeline.ray_setup import init_ray  # noqa: E402
 from pipeline.samples import parse, sample_key  # noqa: E402
 from pipeline.stage_io import RECAPTION, guard_settings, previous_decisions, settings, source_shards  # noqa: E402
+from recaption.base import (CaptionResult, EngineDead, caption_with_retries, captioner_name,  # noqa: E402
+                            check_model_dir, restart_actor, select_backend, vllm_python)
+from recaption.factory import build_captioner  # noqa: E402
+from recaption.placement import actor_options  # noqa: E402
+from recaption.prompts import instruction, resolve_prompt  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +55,10 @@ class CaptionActor:
     """Holds one captioner for its lifetime; Ray Data feeds it one chunk per call."""
 
     def __init__(self, rc, backend: str):
-        from recaption.factory import build_captioner
         self.rc = rc
         self.captioner = build_captioner(rc, backend)
 
     def __call__(self, batch: dict) -> dict:
-        from recaption.base import EngineDead, restart_actor
-
         try:
             return self._caption(batch)
         except EngineDead as e:  # a fresh process and engine retry this chunk
@@ -62,9 +66,6 @@ class CaptionActor:
 
     def _caption(self, batch: dict) -> dict:
         from PIL import Image
-
-        from recaption.base import CaptionResult, caption_with_retries
-        from recaption.prompts import instruction
 
         out = defaultdict(list)
         for shard, keys, images, alts in zip(batch["shard"], batch["keys"], batch["images"], batch["alts"]):
@@ -109,8 +110,6 @@ def _paths(cfg, shard: str):
 def finish_shard(cfg, shard: str, results: dict, want: set, backend: str) -> None:
     """Write one output shard and its decisions from the input shard plus its captions."""
     rc = cfg.recaption
-    from recaption.base import captioner_name
-    from recaption.prompts import resolve_prompt
 
     samples, rows = [], []
     for key, fields, problem in iter_tar(shard):
@@ -137,7 +136,6 @@ def _cluster_gpus(cfg) -> float:
     """GPUs of the Ray cluster the actors will run on (the driver may sit on a CPU node)."""
     import ray
 
-    from pipeline.ray_setup import init_ray
     init_ray(cfg.ray)
     return float(ray.cluster_resources().get("GPU", 0))
 
@@ -145,8 +143,6 @@ def _cluster_gpus(cfg) -> float:
 def run(cfg: PipelineConfig) -> pd.DataFrame:
     import ray
 
-    from pipeline.ray_setup import init_ray
-    from recaption.base import check_model_dir, select_backend, vllm_python
 
     rc = cfg.recaption
     check_model_dir(rc.model)
@@ -173,7 +169,6 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
     if units:
         init_ray(cfg.ray)
         ray.data.DataContext.get_current().enable_progress_bars = False  # tqdm below tracks shards
-        from recaption.placement import actor_options
         ds = (ray.data.from_items(units, override_num_blocks=max(1, min(len(units), 200)))
               .map(load_chunk)
               .map_batches(CaptionActor, fn_constructor_kwargs={"rc": rc, "backend": backend}, batch_size=1,
@@ -203,7 +198,6 @@ def run(cfg: PipelineConfig) -> pd.DataFrame:
 
 
 def main(argv=None):
-    from pipeline.cli import stage_main
     stage_main(run, __doc__, argv)
 
 

@@ -16,7 +16,8 @@ import time
 if __package__ in (None, ""):  # run as a script, also under `ray job submit --working-dir .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline import accounting, stage_io  # noqa: E402
+from pipeline import accounting, preflight, stage_io  # noqa: E402
+from pipeline.cli import exit_on_user_error, parse_and_load, parser, start  # noqa: E402
 from pvcommon.errors import UsageError  # noqa: E402
 
 log = logging.getLogger("pipeline.run")
@@ -58,7 +59,7 @@ def run(cfg, stages=None) -> dict:
     summary = accounting.finalize(cfg.output_dir, stage_io.stage_frames(cfg, through=names[-1]), urls)
     summary["seconds"] = seconds
     if cfg.report.enabled and summary["through"] == "shard":
-        from pipeline import report
+        from pipeline import report  # matplotlib: only when the report is written
         report.write(cfg)
     return summary
 
@@ -68,8 +69,6 @@ def dry_run(cfg, requested=None) -> str:
     output_dir; -> the resolved config and the stages that would run."""
     import yaml
 
-    from pipeline import preflight
-
     cfg, names = plan(cfg, requested)
     preflight.check(cfg, names)
     return ("# resolved config\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False) +
@@ -77,8 +76,6 @@ def dry_run(cfg, requested=None) -> str:
 
 
 def main(argv=None):
-    from pipeline.cli import exit_on_user_error, parse_and_load, parser, start
-
     p = parser(__doc__)
     p.add_argument("--stages", default=",".join(ALL), help="comma-separated subset, in order")
     p.add_argument("--dry-run", action="store_true", help="check the config and inputs, print the resolved "

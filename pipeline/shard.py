@@ -21,8 +21,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline import accounting
+from pipeline.cli import stage_main
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.dali_index import write_index
+from pipeline.filter import training_text
 from pipeline.fsio import read_at, remove_stale_temps, shard_name, tar_index, write_bytes_atomic, write_tar_atomic
 from pipeline.samples import parse, sample_key
 from pipeline.stage_io import FILTER, SHARD, previous_decisions, source_shards
@@ -67,8 +69,6 @@ def hold_out(kept: pd.DataFrame, validation: float, seed: int) -> tuple:
 
 def _training_sample(s: dict, caption_source: str) -> dict:
     """`.txt` is the text the filter chose (caption_source); `.json` keeps both texts and the choice."""
-    from pipeline.filter import training_text
-
     meta = dict(s["meta"], uid=s["uid"], alt_text=s["alt_text"], caption_source=caption_source)
     text = training_text(s, caption_source)
     return {"jpg": s["image"], "txt": text.encode("utf-8"), "json": json.dumps(meta, sort_keys=True).encode()}
@@ -179,7 +179,6 @@ def _manifest(entries: list, cfg: PipelineConfig, samples: pd.DataFrame) -> dict
 
 
 def main(argv=None):
-    from pipeline.cli import stage_main
     stage_main(run, __doc__, argv)
 
 

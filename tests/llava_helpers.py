@@ -21,7 +21,7 @@ def siglip_config():
 
 
 def tiny_tower(seed=3):
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
 
     torch.manual_seed(seed)
     return VisionTower.from_config(siglip_config(), feature_layer=LLAVA["llava"]["feature_layer"])

@@ -1,5 +1,5 @@
 """Megatron TransformerConfig for Qwen2/Llama-shaped decoders (RMSNorm, SwiGLU, GQA, RoPE; QKV bias
-per llm.architecture, megatron_ext/hf/arch.py)."""
+per llm.architecture, core/llm_families.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_ext.core.llm_families import of_preset
 from megatron_ext.device import fused_softmax_available
-from megatron_ext.hf.arch import of_preset
 
 
 def qwen2_transformer_config(llm: dict, tensor_parallel: int = 1, pipeline_parallel: int = 1,

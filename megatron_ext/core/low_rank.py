@@ -37,7 +37,7 @@ from megatron_ext.core.fused_layout import fuse, fused_parts, interleave_groups
 
 
 def tp_mark(param: nn.Parameter, dim: Optional[int]) -> nn.Parameter:
-    """Megatron's partition attributes (read by checkpointing, grad-norm and layout.shard_for_rank)."""
+    """Megatron's partition attributes (read by checkpointing, grad-norm and the tests' shard_for_rank)."""
     if dim is None:
         param.tensor_model_parallel = False
     else:

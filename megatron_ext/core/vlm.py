@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import torch
 from megatron.core import parallel_state
+
 from megatron_ext.core import feature_exchange
 from megatron_ext.core.specs import stage_layers
 from megatron_ext.core.wrapper import LLMWrapper
-from megatron_ext.vision_tower import VisionTower
 
 
 class VisionLanguageModel(LLMWrapper):
-    def __init__(self, lm, vision: VisionTower | None, equipped_layers: list[int], train_vision: bool):
+    """vision: a VisionTower (megatron_ext/hf/vision_tower.py) on the first stage, None elsewhere."""
+
+    def __init__(self, lm, vision: torch.nn.Module | None, equipped_layers: list[int], train_vision: bool):
         super().__init__(lm)
         pp = parallel_state.get_pipeline_model_parallel_world_size()
         if (self.stage == 0) != (vision is not None):

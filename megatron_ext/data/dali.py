@@ -22,8 +22,8 @@ from typing import Optional
 
 import torch
 
-from megatron_ext.data.shards import MEAN, STD
 from megatron_ext.data.text import encode_pair
+from megatron_ext.hf.vision_tower import MEAN, STD
 
 log = logging.getLogger(__name__)
 

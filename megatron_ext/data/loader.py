@@ -11,9 +11,13 @@ import logging
 
 import torch
 
+from megatron_ext.data.dali import DaliLoader
 from megatron_ext.data.sampler import RankSampler
-from megatron_ext.data.shards import MEAN, STD, tower_pixel_stats
-from megatron_ext.methods import get_method
+from megatron_ext.data.shards import ShardDataset
+from megatron_ext.data.synthetic import SyntheticFeaturePairs
+from megatron_ext.data.text import build_tokenizer
+from megatron_ext.hf.vision_tower import MEAN, STD, tower_pixel_stats
+from megatron_ext.methods import MethodSpec, get_method
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +52,19 @@ class MicroBatchLoader:
         self.corrupt = int(state["corrupt"])
 
 
-def image_tokens(cfg, preset: dict, spec=None) -> int:
+def image_tokens(cfg, preset: dict, spec: MethodSpec) -> int:
     """Tokens each image takes in the sequence (the method's spec: VoRA's patches of
-    data.image_size; 0 for methods whose image enters the weights). spec: the run's method as the
-    Trainer resolved it; without one, looked up from cfg (as for every `spec` argument here)."""
-    return (spec or get_method(cfg.model.method)).image_tokens(cfg, preset)
+    data.image_size; 0 for methods whose image enters the weights). spec: the run's method, as
+    the Trainer resolved it (as for every `spec` argument here)."""
+    return spec.image_tokens(cfg, preset)
 
 
-def pixel_stats(cfg, spec=None) -> tuple[tuple, tuple]:
+def pixel_stats(cfg, spec: MethodSpec | None = None) -> tuple[tuple, tuple]:
     """(mean, std) the loaders normalise with: the method's own where its spec has them (VoRA's
     pixels feed its own patch embedding, whose teacher re-normalises: 0.5), else the vision
     tower's (its directory's preprocessor_config.json), so that a CLIP tower sees CLIP's
-    statistics in training as in the export; mean = std = 0.5 without one."""
+    statistics in training as in the export; mean = std = 0.5 without one. Without a spec,
+    model.method's (bench/fourway_probe.py asks with a config alone)."""
     spec = spec or get_method(cfg.model.method)
     if spec.pixel_stats is not None:
         return spec.pixel_stats(cfg)
@@ -68,12 +73,9 @@ def pixel_stats(cfg, spec=None) -> tuple[tuple, tuple]:
     return tower_pixel_stats(cfg.model.vision_weights)
 
 
-def shard_dataset(cfg, preset: dict, manifest: str, spec=None):
+def shard_dataset(cfg, preset: dict, manifest: str, spec: MethodSpec) -> ShardDataset:
     """The pipeline's shards at `manifest` as training reads them (tokenizer, prompt, task, image
     size and statistics of cfg): the training data, or its held-out validation shards."""
-    from megatron_ext.data.shards import ShardDataset
-    from megatron_ext.data.text import build_tokenizer
-
     d = cfg.data
     return ShardDataset(manifest, build_tokenizer(d.tokenizer), d.prompt, d.seq_length, d.image_size,
                         image_tokens(cfg, preset, spec), *pixel_stats(cfg, spec), task=d.task)
@@ -86,11 +88,9 @@ def samples_per_epoch(loader, cfg) -> int:
     return int(json.loads(open(cfg.data.manifest).read())["num_samples"])  # DALI reads every sample
 
 
-def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int, spec=None) -> MicroBatchLoader:
+def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int, spec: MethodSpec):
     d = cfg.data
     if d.kind == "synthetic":
-        from megatron_ext.data.synthetic import SyntheticFeaturePairs
-
         dataset = SyntheticFeaturePairs(d.pairs, d.seq_length, d.visual_tokens,
                                         preset["vision"]["hidden_size"], preset["llm"]["vocab_size"],
                                         seed=d.seed)
@@ -100,11 +100,6 @@ def build_loader(cfg, preset: dict, dp_rank: int, dp_size: int, spec=None) -> Mi
         if d.task != "caption":
             raise ValueError(f"data.task={d.task} reads each sample's question-answer pairs, which the "
                              f"DALI loader does not: use data.kind=webdataset")
-        import torch
-
-        from megatron_ext.data.dali import DaliLoader
-        from megatron_ext.data.text import build_tokenizer
-
         device = torch.cuda.current_device() if torch.cuda.is_available() else None
         return DaliLoader(d.manifest, build_tokenizer(d.tokenizer), d.prompt, d.seq_length,
                           d.image_size, cfg.train.micro_batch_size, dp_rank, dp_size, d.seed, device,

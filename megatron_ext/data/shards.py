@@ -19,11 +19,10 @@ import numpy as np
 import torch
 
 from megatron_ext.data.text import encode_pair
+from megatron_ext.hf.vision_tower import MEAN, STD
 from pvcommon.errors import DataError
 
 log = logging.getLogger(__name__)
-# SigLIP/CLIP-style normalisation; a vision tower with other statistics passes its own
-MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
 def index_tar(path: Path) -> list[tuple[str, dict]]:
@@ -40,14 +39,6 @@ def index_tar(path: Path) -> list[tuple[str, dict]]:
                 order.append(key)
             samples[key][ext] = (m.offset_data, m.size)
     return [(k, samples[k]) for k in order]
-
-
-def tower_pixel_stats(tower_dir) -> tuple[tuple, tuple]:
-    """(mean, std) of a vision tower's image processor (its directory's preprocessor_config.json);
-    mean = std = 0.5 where it has none."""
-    path = Path(tower_dir) / "preprocessor_config.json"
-    stats = json.loads(path.read_text()) if path.is_file() else {}
-    return tuple(stats.get("image_mean", MEAN)), tuple(stats.get("image_std", STD))
 
 
 def decode_image(data: bytes, size: int, mean=MEAN, std=STD) -> torch.Tensor:

@@ -6,6 +6,6 @@ caption loss with matched and shuffled images, held-out text perplexity, FLOPs a
 
 One place per concern: scorer.py prompts a folder the standard transformers way, vqa.py,
 captions.py and heldout_text.py score it, cost.py counts what one sample costs, report.py writes
-the files, cli.py ties them together. (megatron_ext/training/evaluate.py is the other kind of
+the files, cli.py ties them together. (megatron_ext/training/step.py eval_loss is the other kind of
 evaluation: the training loss of fixed micro-batches through Megatron at any TP/PP layout.)
 """

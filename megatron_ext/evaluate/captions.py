@@ -6,14 +6,13 @@ caption token; an image-blind model scores the same on both."""
 
 from __future__ import annotations
 
+from megatron_ext.data.easyvqa import alt_text, load_split
 from megatron_ext.evaluate.vqa import derangement
 from megatron_ext.training.config import DEFAULT_PROMPT  # training's data.prompt default
 
 
 def captioned_test_images(image_ids: set | None = None) -> list[tuple[int, str, str]]:
     """(image id, path, caption) of the test images, those in `image_ids` when given."""
-    from megatron_ext.data.easyvqa import alt_text, load_split
-
     return [(s.image_id, s.image_path, alt_text(s)) for s in load_split("test")
             if image_ids is None or s.image_id in image_ids]
 

@@ -18,6 +18,17 @@ import tempfile
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
+
+from megatron_ext.evaluate import data as evaldata
+from megatron_ext.evaluate import report
+from megatron_ext.evaluate.captions import caption_loss
+from megatron_ext.evaluate.cost import sample_cost
+from megatron_ext.evaluate.heldout_text import heldout_text, perplexity
+from megatron_ext.evaluate.labels import label_accuracy
+from megatron_ext.evaluate.scorer import ExportScorer
+from megatron_ext.evaluate.vqa import QuestionPrior, evaluate_vqa, questions_of
+from megatron_ext.training.config import DEFAULT_PROMPT
 
 log = logging.getLogger(__name__)
 PARTS = ("vqa", "captions", "labels", "text", "cost")
@@ -32,7 +43,8 @@ def resolve_model(spec: str, tmp: Path, args) -> tuple[str, Path]:
         return name, path
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such export folder or training run")
-    from megatron_ext.export import export_checkpoint
+    # a training run only: scoring an export needs neither Megatron nor the training stack
+    from megatron_ext.export.checkpoint import export_checkpoint
 
     log.info("%s is not an export folder: exporting its latest checkpoint first", path)
     out = export_checkpoint(path, tmp / name, args.tokenizer, args.image_processor, args.vision)
@@ -40,26 +52,16 @@ def resolve_model(spec: str, tmp: Path, args) -> tuple[str, Path]:
 
 
 def _progress(total: int, desc: str):
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
 
 
 def caption_prompt(scorer, args) -> str:
     """--caption-prompt, else the export's recorded data.prompt, else training's default."""
-    from megatron_ext.training.config import DEFAULT_PROMPT
-
     return args.caption_prompt or scorer.training.get("prompt") or DEFAULT_PROMPT
 
 
 def evaluate_model(scorer, data, prior, text, args) -> tuple[dict, dict]:
     """data: {"questions", "answers", "captioned", "labelled", "first"} of the evaluated data set."""
-    from megatron_ext.evaluate.captions import caption_loss
-    from megatron_ext.evaluate.cost import sample_cost
-    from megatron_ext.evaluate.heldout_text import perplexity
-    from megatron_ext.evaluate.labels import label_accuracy
-    from megatron_ext.evaluate.vqa import evaluate_vqa
-
     result, records = {"sees_images": scorer.sees_images}, {}
     prompt = caption_prompt(scorer, args)
     if "vqa" in args.parts:
@@ -83,9 +85,6 @@ def evaluate_model(scorer, data, prior, text, args) -> tuple[dict, dict]:
 def load_data(args) -> tuple[dict, object, str]:
     """-> (the data's parts, the question prior or None, where the prior comes from); narrows
     args.parts to what the data supports (a part asked for by name that it cannot run is an error)."""
-    from megatron_ext.evaluate import data as evaldata
-    from megatron_ext.evaluate.vqa import QuestionPrior, questions_of
-
     samples = evaldata.load(args.data, args.url_col, args.caption_col, args.label_col)
     if not samples:
         raise ValueError(f"--data {args.data}: no samples")
@@ -184,10 +183,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    from megatron_ext.evaluate import report
-    from megatron_ext.evaluate.heldout_text import heldout_text
-    from megatron_ext.evaluate.scorer import ExportScorer
-
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     data, prior, prior_source = load_data(args)

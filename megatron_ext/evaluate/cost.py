@@ -17,6 +17,8 @@ import time
 
 import torch
 
+from megatron_ext.core import flops
+
 
 def llm_shapes(text_config) -> dict:
     """flops.py's shape dict of an exported LLM (Qwen2 / Llama configs)."""
@@ -28,8 +30,6 @@ def llm_shapes(text_config) -> dict:
 
 
 def llm_gflops(text_config, tokens: int) -> float:
-    from megatron_ext import flops
-
     llm = llm_shapes(text_config)
     return (flops.decoder_projection_flops(llm, tokens) + flops.attention_score_flops(llm, tokens)
             + flops.lm_head_flops(llm, tokens)) / 1e9

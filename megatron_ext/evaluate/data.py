@@ -24,6 +24,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from megatron_ext.data.easyvqa import SHAPES, alt_text, load_split
+from megatron_ext.data.shards import index_tar
+
 YES_NO = "yes/no"
 
 
@@ -62,8 +65,6 @@ def _pil(data: bytes) -> Image.Image:
 
 
 def from_manifest(path: Path, label_col: str = "label") -> list:
-    from megatron_ext.data.shards import index_tar
-
     m = json.loads(path.read_text())
     if m.get("format") != "webdataset" or "shards" not in m:
         raise ValueError(f"--data {path}: not a pipeline manifest (pipeline/shard.py writes one)")
@@ -106,14 +107,10 @@ def from_url_list(path: Path, url_col: str = "url", caption_col: str = "caption"
 
 
 def easyvqa_kind(answer: str) -> str:
-    from megatron_ext.data.easyvqa import SHAPES
-
     return YES_NO if answer in ("yes", "no") else "shape" if answer in SHAPES else "colour"
 
 
 def from_easyvqa() -> list:
-    from megatron_ext.data.easyvqa import alt_text, load_split
-
     return [Sample(s.image_id, s.image_path, alt_text(s), None,
                    [QA(q, a, easyvqa_kind(a)) for q, a in s.pairs]) for s in load_split("test")]
 

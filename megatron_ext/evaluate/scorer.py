@@ -17,18 +17,18 @@ import time
 from pathlib import Path
 
 import torch
+import transformers
 from PIL import Image
-from transformers import LogitsProcessor
+from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, LogitsProcessor
 
 from megatron_ext.hf import training_text
+from megatron_ext.hf.chat_template import chat_template
 
 
 def _model_class(path: Path, default):
     """The class to load a folder with: its remote code's (auto_map: AutoModelForCausalLM), else
     the transformers class its config names (a native export, e.g. LlavaForConditionalGeneration,
     which AutoModelForCausalLM does not map), else `default` (a plain causal LM)."""
-    import transformers
-
     config = json.loads((path / "config.json").read_text())
     if "auto_map" in config:
         return default
@@ -56,10 +56,6 @@ class _StepClock(LogitsProcessor):
 
 class ExportScorer:
     def __init__(self, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
-        from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
-
-        from megatron_ext.hf.chat_template import chat_template
-
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} has no config.json: pass an export folder (python -m "

@@ -27,6 +27,9 @@ import string
 from collections import Counter
 from dataclasses import dataclass
 
+from megatron_ext.data.easyvqa import load_split
+from megatron_ext.evaluate.data import from_easyvqa
+
 ARTICLES = {"a", "an", "the"}
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})
 
@@ -47,8 +50,6 @@ class Question:
 
 def heldout_questions(limit: int | None = None) -> list[Question]:
     """The first `limit` easy-VQA test questions, in image order (all 9,673 without a limit)."""
-    from megatron_ext.evaluate.data import from_easyvqa
-
     return questions_of(from_easyvqa(), limit)
 
 
@@ -76,8 +77,6 @@ class QuestionPrior:
 
     @classmethod
     def from_train(cls) -> "QuestionPrior":
-        from megatron_ext.data.easyvqa import load_split
-
         return cls(p for s in load_split("train") for p in s.pairs)
 
     def __call__(self, question: str) -> str:

@@ -1,4 +1,4 @@
-"""Decoder-only Hugging Face LLM checkpoints (Qwen2, Llama: megatron_ext/hf/arch.py) into and out of
+"""Decoder-only Hugging Face LLM checkpoints (Qwen2, Llama: megatron_ext/core/llm_families.py) into and out of
 Megatron GPTModel-based models.
 
 `llm_preset_from_hf` turns config.json into this project's `llm` preset section;
@@ -20,13 +20,23 @@ from pathlib import Path
 import torch
 from megatron.core import parallel_state
 
-from megatron_ext.core.fused_layout import fuse
-from megatron_ext.hf import arch as arches
-from megatron_ext.hf.safetensors_dir import CheckpointError, SafetensorsDir
+from megatron_ext.core.fused_layout import fuse, unfuse
 from megatron_ext.core.llm_config import megatron_rope_kwargs
+from megatron_ext.core.llm_families import FAMILIES, Family, of_preset
 from megatron_ext.core.specs import stage_layers
+from megatron_ext.hf.safetensors_dir import CheckpointError, SafetensorsDir
 
 log = logging.getLogger(__name__)
+
+
+def family_of_hf_config(cfg: dict, where) -> Family:
+    """The family of a HF config.json (its `architectures`, else its model_type)."""
+    archs = cfg.get("architectures") or [cfg.get("model_type")]
+    for family in FAMILIES.values():
+        if family.hf_class in archs or family.name == cfg.get("model_type") and not cfg.get("architectures"):
+            return family
+    raise CheckpointError(f"{where}: architecture {archs} is not supported by this importer; "
+                          f"supported: {sorted(f.hf_class for f in FAMILIES.values())}")
 
 
 def read_hf_config(path: str | Path) -> dict:
@@ -35,7 +45,7 @@ def read_hf_config(path: str | Path) -> dict:
         raise CheckpointError(f"{cfg_file} not found: expected a Hugging Face checkpoint directory "
                               "(config.json + *.safetensors)")
     cfg = json.loads(cfg_file.read_text())
-    why = arches.of_hf_config(cfg, path).unsupported(cfg)
+    why = family_of_hf_config(cfg, path).unsupported(cfg)
     if why:
         raise CheckpointError(f"{path}: {why}")
     rope_scaling(cfg, path)  # refuse a RoPE variant Megatron's rotary embedding cannot reproduce
@@ -69,7 +79,7 @@ def llm_preset_from_hf(path: str | Path, tp: int = 1, vocab_multiple: int = 128)
     heads = cfg["num_attention_heads"]
     rope = cfg.get("rope_parameters") or {}
     llm = dict(
-        architecture=arches.of_hf_config(cfg, path).name,
+        architecture=family_of_hf_config(cfg, path).name,
         num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"],
         ffn_hidden_size=cfg["intermediate_size"], num_attention_heads=heads,
         num_query_groups=cfg.get("num_key_value_heads", heads),
@@ -96,7 +106,7 @@ def check_preset(llm: dict, path: str | Path) -> None:
     """Refuse a preset whose LLM is not the checkpoint's (one line per differing key): a wrong
     rope_theta or norm_eps would otherwise load without an error and give a different model."""
     ckpt = llm_preset_from_hf(path, vocab_multiple=1)
-    ours = dict(llm, architecture=arches.of_preset(llm).name)
+    ours = dict(llm, architecture=of_preset(llm).name)
     ours.setdefault("num_query_groups", ours["num_attention_heads"])
     ours.setdefault("kv_channels", ours["hidden_size"] // ours["num_attention_heads"])
     ours.setdefault("tie_word_embeddings", False)
@@ -114,7 +124,7 @@ def hf_text_config(llm: dict, hf_vocab_size: int, dtype: str = "float32"):
     """The transformers config of a preset's LLM (Qwen2Config, LlamaConfig, ...) for an export."""
     import transformers
 
-    arch = arches.of_preset(llm)
+    arch = of_preset(llm)
     heads = llm["num_attention_heads"]
     rope = {"rope_type": "default", "rope_theta": float(llm.get("rope_theta", 1e6))}
     rope.update(llm.get("rope_scaling") or {})
@@ -234,7 +244,7 @@ def load_llm(language_model: torch.nn.Module, path: str | Path, hf_vocab_size: i
     placed inside the decoder). Raises CheckpointError for missing tensors or shape mismatches.
     """
     cfg = read_hf_config(path)
-    arch = arches.of_hf_config(cfg, path)
+    arch = family_of_hf_config(cfg, path)
     config = language_model.config
     if config.add_qkv_bias != arch.qkv_bias:
         raise CheckpointError(f"{path} is a {arch.hf_class} checkpoint (q/k/v bias: {arch.qkv_bias}) but the "
@@ -276,8 +286,6 @@ def megatron_to_hf(state: dict, config, hf_vocab_size: int, prefix: str = "") ->
 
     Accepts plain fused linears, per-part (ROSE) linears and TE's fused norms; drops padded
     vocabulary rows. `prefix` is prepended to every Hugging Face name."""
-    from megatron_ext.core.fused_layout import unfuse
-
     out = {}
     put = lambda name, t: out.__setitem__(prefix + name, t.detach().clone().contiguous())
     heads_q = config.num_attention_heads * config.kv_channels

@@ -14,7 +14,7 @@ megatron_ext/methods/__init__.py registers it with one line. The fields:
                    megatron_ext.core.injected.InjectedGPTModel). `overrides` go to `config`, except
                    builder switches the method documents (e.g. freeze_llm, merged).
     stages         {stage: parameter groups that train by default}, e.g. {"s1": ("generator",), ...};
-                   groups are those of megatron_ext/training/stages.py.
+                   groups are those of megatron_ext/core/param_groups.py.
     inputs         what a batch carries for the model besides text: "features" (a vision tower's
                    features: precomputed `visual_features`, or `pixel_values` encoded by the tower on
                    the first pipeline stage), "pixels" (raw `pixel_values` the method embeds itself)
@@ -35,24 +35,24 @@ megatron_ext/methods/__init__.py registers it with one line. The fields:
                    trainable: list[str]) -> the model the training loop runs for this rank (the
                    LLM from `build`, e.g. wrapped with its vision tower or teacher in
                    megatron_ext.core.vlm.VisionLanguageModel). None: the default
-                   (methods/training.py with_vision_tower), `build`'s LLM wrapped with
+                   (training/model.py with_vision_tower), `build`'s LLM wrapped with
                    model.vision_weights' tower when set.
     check          (cfg: TrainConfig, preset: dict, trainable: list[str]) -> None; raises
-                   training.config.ConfigError (one line, what to change) for settings the method
+                   pvcommon.errors.ConfigError (one line, what to change) for settings the method
                    cannot train with, before anything is built. None: only the generic checks.
     init_from      (checkpoint: Path, model, cfg: TrainConfig, preset: dict, dtype,
                    config_overrides: dict | None) -> load_weights' info: how a stage takes the
                    previous stage's weights (VoRA folds S1's LoRA into S2's merged model).
-                   None: training.checkpoint.load_weights.
+                   None: core.weights.load_weights.
     export         (model, tokenizer) -> HFExport: what the Hugging Face folder holds for this
-                   method (megatron_ext/export.py writes it); `model` is what the training loop ran
+                   method (megatron_ext/export/folder.py writes it); `model` is what the training loop ran
                    or the bare LLM, built at TP=1, PP=1. None: no export yet.
     merge          (model) -> None: fold the method's static adapters into the base weights in
                    place (export and deployment); None where nothing static is left to fold.
     export_native  (model, llm: dict, out_dir, tokenizer, image_processor, max_shard_size: str,
                    max_new_tokens: int) -> Path: for a method transformers implements itself (LLaVA:
                    LlavaForConditionalGeneration), write that class's folder, no remote code;
-                   export.py then uses it instead of `export`. It returns None where the model
+                   export/folder.py then uses it instead of `export`. It returns None where the model
                    has a part transformers lacks (an EfficientNet tower): `export` writes the
                    remote-code folder then. None: the remote-code folder always.
 """
@@ -73,16 +73,16 @@ def no_image_tokens(cfg, preset: dict) -> int:
 
 @dataclass(frozen=True)
 class HFExport:
-    """One method's part of a Hugging Face export (written by megatron_ext/export.py).
+    """One method's part of a Hugging Face export (written by megatron_ext/export/folder.py).
 
     lm           the InjectedGPTModel whose language_model becomes the folder's Qwen2 weights
                  (with the method's static adapters already merged, if it has any).
     state        {key: tensor} beside the LLM's weights (a generator, an embedding), full keys.
     injection    the settings the shipped modeling code rebuilds the method from (config.json
                  "injection"), plain JSON values.
-    tower        the vision tower exported beside (megatron_ext.vision_tower.VisionTower), or None.
+    tower        the vision tower exported beside (megatron_ext.hf.vision_tower.VisionTower), or None.
     files        pure-PyTorch files of the method's own that the folder needs beyond the shared
-                 modeling code's (megatron_ext/export.py SHIPPED).
+                 modeling code's (megatron_ext/export/folder.py SHIPPED).
     processor    extra processor_config.json entries (e.g. an image placeholder and its count).
     """
 

@@ -22,9 +22,14 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+from megatron.core import dist_checkpointing
+from megatron.core import parallel_state as ps
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
+from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-from megatron_ext.training.ckpt_layout import mark_pipeline_replicas, per_layer, strip_wrapper_prefix
-from megatron_ext.training.grads import pipeline_replicated_params
+from megatron_ext.core.weights import model_state
 from megatron_ext.training.optim import synced_parameters
 
 log = logging.getLogger(__name__)
@@ -53,10 +58,6 @@ def _save_strategy():
     """Megatron's fully parallel save on CUDA: the replicated tensors' writes spread over DP ranks."""
     if not _parallel_save():
         return None
-    from megatron.core import parallel_state as ps
-    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
-    from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
-
     return FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy(),
                                             ps.get_data_parallel_group(with_context_parallel=True))
 
@@ -82,27 +83,15 @@ def latest(root: Path) -> Optional[Path]:
 
 
 def _ranks():
-    from megatron.core import parallel_state as ps
-
     return (ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
             ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
 
 
-def _model_state(model) -> dict:
-    _, pp, _, _ = _ranks()
-    sd = per_layer(model.sharded_state_dict())
-    if model.injected is not model:  # a wrapper (VisionLanguageModel): its keys start "lm."
-        sd = strip_wrapper_prefix(sd)
-    return mark_pipeline_replicas(sd, pipeline_replicated_params(model, trainable_only=False), pp)
-
-
 def _state(model, optimizer, scheduler, loader, step: int, is_loading: bool, extra: dict,
            optim_format: dict | None = None) -> dict:
-    from megatron.core.dist_checkpointing.mapping import ShardedObject
-
     tp, pp, dp_rank, dp = _ranks()
     rank, world = dist.get_rank(), dist.get_world_size()
-    model_sd = _model_state(model)
+    model_sd = model_state(model)
     state = {"model": model_sd, "step": step, "extra": extra}
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
@@ -118,8 +107,6 @@ def _state(model, optimizer, scheduler, loader, step: int, is_loading: bool, ext
 
 def save(root: Path, step: int, model, optimizer, scheduler, loader, extra: dict,
          keep: int = 2, die_midway: bool = False) -> Path:
-    from megatron.core import dist_checkpointing
-
     root = Path(root)
     final, tmp = root / step_dir_name(step), root / f"{step_dir_name(step)}.tmp"
     if dist.get_rank() == 0:
@@ -153,8 +140,6 @@ def save(root: Path, step: int, model, optimizer, scheduler, loader, extra: dict
 def rng_state() -> dict:
     """This process's generators: the CPU one, the current CUDA device's, and Megatron's tracker
     (the tensor-parallel dropout/init streams, forked from the CUDA generator)."""
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
     return {"cpu": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
             "tracker": {k: v.clone() for k, v in get_cuda_rng_tracker().get_states().items()}}
@@ -163,8 +148,6 @@ def rng_state() -> dict:
 def set_rng_state(state) -> None:
     """Restore rng_state(); a bare tensor (checkpoints written before the CUDA state was saved) is
     the CPU generator alone."""
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
     if isinstance(state, torch.Tensor):
         torch.set_rng_state(state)
         return
@@ -189,8 +172,6 @@ def _materialise_optimizer_state(optimizer) -> None:
 
 def load(path: Path, model, optimizer, scheduler, loader) -> dict:
     """Everything back (same TP/PP/DP layout): returns {"step", "extra"}."""
-    from megatron.core import dist_checkpointing
-
     _materialise_optimizer_state(optimizer)
     fmt = dist_checkpointing.load_content_metadata(str(path)) or OPTIM_METADATA  # older: the gloo format
     state = dist_checkpointing.load(_state(model, optimizer, scheduler, loader, 0, True, {}, fmt), str(path))
@@ -201,63 +182,3 @@ def load(path: Path, model, optimizer, scheduler, loader) -> dict:
     loader.load_state_dict(state["loader"])
     set_rng_state(state["rng"])
     return {"step": int(state["step"]), "extra": state["extra"]}
-
-
-def _stored_keys(sh) -> set:
-    """The checkpoint keys an entry reads (a factory, e.g. SwiGLU's fc1, stores what it builds)."""
-    from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
-    from megatron.core.dist_checkpointing.dict_utils import nested_values
-
-    if isinstance(sh, ShardedTensorFactory):
-        return {t.key for t in nested_values(sh.build())}
-    return {getattr(sh, "key", None)}
-
-
-# One norm, two checkpoint names: TE fuses the pre-attention and pre-MLP norms into linear_qkv /
-# linear_fc1 (layer_norm_weight), and Megatron's local spec saves its own norms under those fused
-# names (its sharded_state_dict_keys_map); a TE layer whose linears a method replaced has a TENorm
-# of its own (core.specs.unfuse_te_norms), saved as input_layernorm / pre_mlp_layernorm. A stage that
-# switches backends (S1 local, S2 TE) reads whichever name the checkpoint holds.
-NORM_ALIASES = ((".input_layernorm.weight", ".self_attention.linear_qkv.layer_norm_weight"),
-                (".pre_mlp_layernorm.weight", ".mlp.linear_fc1.layer_norm_weight"))
-
-
-def _norm_alias(key: str) -> Optional[str]:
-    for a, b in NORM_ALIASES:
-        for mine, other in ((a, b), (b, a)):
-            if key.endswith(mine):
-                return key[: -len(mine)] + other
-    return None
-
-
-def _under_saved_names(entries: dict, saved: set) -> dict:
-    """Entries whose key the checkpoint lacks but holds under the other backend's norm name
-    (S1 on local layers, S2 on TE or back) read that name; the rest are unchanged."""
-    import dataclasses
-
-    out = {}
-    for k, sh in entries.items():
-        alias = _norm_alias(getattr(sh, "key", "") or "")
-        if alias is not None and sh.key not in saved and alias in saved:
-            sh = dataclasses.replace(sh, key=alias)
-        out[k] = sh
-    return out
-
-
-def load_weights(path: Path, model) -> dict:
-    """Model weights only, at any TP/PP layout (stage chaining, resharding) and across the local
-    and TE backends (NORM_ALIASES). Parameters the checkpoint does not have (a part new to this
-    stage) keep their initialisation and are listed."""
-    from megatron.core import dist_checkpointing
-
-    saved = set(dist_checkpointing.load_tensors_metadata(str(path)))
-    sharded = {"model": _under_saved_names(_model_state(model), saved)}
-    present = {k: v for k, v in sharded["model"].items() if _stored_keys(v) <= saved}
-    missing = sorted(k for k in sharded["model"] if k not in present)
-    if not present:
-        raise RuntimeError(f"{path}: none of this model's tensors are in the checkpoint")
-    state = dist_checkpointing.load({"model": present}, str(path))
-    result = model.load_state_dict(state["model"], strict=False)
-    # Megatron's extra state entries (e.g. `_extra_state`) may be absent; real tensors may not be
-    absent = [k for k in result.missing_keys if not k.endswith("_extra_state") and k in missing]
-    return {"loaded": len(present), "kept_at_init": absent}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from megatron_ext.methods.training import check_training, trainable_groups
+from megatron_ext.training.model import check_training, trainable_groups
 from megatron_ext.training import preflight
 from megatron_ext.training.checkpoint import latest
 from megatron_ext.training.config import ConfigError, TrainConfig, num_microbatches

@@ -20,7 +20,7 @@ import torch
 
 from megatron_ext.core.flops import (attention_score_flops, decoder_projection_flops, lm_head_flops, llm_shape,
                                      vision_encoder_flops)
-from megatron_ext.flops import peak_flops
+from megatron_ext.device import peak_flops
 from megatron_ext.methods import MethodSpec, get_method
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import logging
 
 import torch
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from megatron_ext.training import megatron_cpu
+from megatron_ext.compat import cpu_training
 from megatron_ext.training.config import TrainConfig
+from megatron_ext.training.grads import pipeline_replicated_params
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +52,11 @@ def overlap_settings(cfg: TrainConfig, on_cuda: bool, pipeline_replicas: bool) -
 
 
 def wrap_ddp(model: torch.nn.Module, cfg: TrainConfig):
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-
-    from megatron_ext.training.grads import pipeline_replicated_params
-
     cast = match_trainable_dtype(model, model.config.params_dtype)
     if cast:
         log.info("trainable parameters cast to %s for the optimizer: %d tensors (%s%s)",
                  model.config.params_dtype, len(cast), ", ".join(cast[:3]), ", ..." if len(cast) > 3 else "")
-    megatron_cpu.mark_params(model)
+    cpu_training.mark_params(model)
     overlap = overlap_settings(cfg, torch.cuda.is_available(), bool(pipeline_replicated_params(model)))
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,                      # main grads in fp32 under bf16 too
@@ -72,8 +72,6 @@ def wrap_ddp(model: torch.nn.Module, cfg: TrainConfig):
 
 
 def build_optimizer(ddp_model, cfg: TrainConfig, dtype: torch.dtype):
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-
     o = cfg.optim
     config = OptimizerConfig(
         optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
@@ -107,8 +105,6 @@ class _Synced:
 
 
 def build_scheduler(optimizer, cfg: TrainConfig):
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
     o, steps = cfg.optim, cfg.train.steps
     # increments are counted in optimizer steps (Megatron counts samples; both work, steps are
     # what the config speaks)

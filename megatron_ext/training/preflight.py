@@ -10,13 +10,17 @@ import json
 import math
 from pathlib import Path
 
+import torch
+
+from megatron_ext.core.llm_config import qwen2_transformer_config
+from megatron_ext.data.loader import image_tokens
+from megatron_ext.methods import get_method, resolve_preset
 from megatron_ext.training.config import ConfigError, TrainConfig, validate
+from megatron_ext.training.model import RECOMPUTE, config_overrides
 from pvcommon.errors import DataError
 
 
 def _preset(cfg: TrainConfig) -> dict:
-    from megatron_ext.methods import resolve_preset
-
     try:
         return resolve_preset(cfg.model.preset)
     except FileNotFoundError:
@@ -26,11 +30,6 @@ def _preset(cfg: TrainConfig) -> dict:
 
 def _transformer_config(cfg: TrainConfig, preset: dict, spec):
     """The run's TransformerConfig at its TP/PP sizes (Megatron's own checks: stage layer counts...)."""
-    import torch
-
-    from megatron_ext.core.llm_config import qwen2_transformer_config
-    from megatron_ext.methods.training import config_overrides
-
     overrides = {k: v for k, v in config_overrides(cfg, spec).items() if k != "fp8"}  # FP8 needs TE: GPU side
     return qwen2_transformer_config(preset["llm"], cfg.parallel.tensor, cfg.parallel.pipeline,
                                     torch.float32, **{**preset.get("transformer", {}), **overrides})
@@ -38,8 +37,6 @@ def _transformer_config(cfg: TrainConfig, preset: dict, spec):
 
 def method_spec(cfg: TrainConfig):
     """The run's MethodSpec (model.method in the registry); an unknown name is a ConfigError."""
-    from megatron_ext.methods import get_method
-
     try:
         return get_method(cfg.model.method)
     except ValueError as e:
@@ -74,8 +71,6 @@ _UNCONDITIONED_RECOMPUTE = {"mlp", "moe", "shared_experts"}
 
 
 def _recompute(cfg: TrainConfig, preset: dict) -> None:
-    from megatron_ext.methods.training import RECOMPUTE
-
     if cfg.train.recompute not in RECOMPUTE:
         raise ConfigError(f"train.recompute={cfg.train.recompute}: use full, selective, or leave it unset")
     settings = {**preset.get("transformer", {}), **RECOMPUTE[cfg.train.recompute]}
@@ -92,8 +87,6 @@ def _fp8_shapes(cfg: TrainConfig, preset: dict, spec) -> None:
     the numbers instead of an assertion inside the first forward."""
     if not cfg.train.fp8:
         return
-    from megatron_ext.data.loader import image_tokens
-
     try:
         in_sequence = image_tokens(cfg, preset, spec)
     except Exception:  # noqa: BLE001 - the method's own check reports a bad vision setting
@@ -168,5 +161,5 @@ def check(cfg: TrainConfig, world_size: int, spec=None) -> int:
     _recompute(cfg, preset)
     spec = spec or method_spec(cfg)
     _fp8_shapes(cfg, preset, spec)
-    _method_settings(cfg, preset, spec)  # last: the only check that imports Megatron
+    _method_settings(cfg, preset, spec)  # last: the only check that builds a TransformerConfig
     return dp

@@ -8,7 +8,10 @@ import math
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_ext.core import feature_exchange
 from megatron_ext.device import compute_device, host_tensor
 
 
@@ -44,10 +47,8 @@ def forward_step_func(nan: bool = False):
 
 def reduce_loss(results: list) -> float:
     """Mean micro-batch loss over DP replicas, known on every rank."""
-    from megatron.core import parallel_state
-
     t = host_tensor([0.0, 0.0])
-    if parallel_state.is_pipeline_last_stage() and results:
+    if ps.is_pipeline_last_stage() and results:
         t[0] = torch.stack([r["loss"].double() for r in results]).mean()
         t[1] = 1
     dist.all_reduce(t)
@@ -69,8 +70,6 @@ def reduce_aux(model) -> float | None:
     every rank, None where the model has none: each pipeline stage holds the loss of its own
     blocks, so stages sum; TP ranks repeat it. Every rank's model has an aux loss or none alike
     (a stage without such blocks answers 0.0), so all or none of them enter the collective."""
-    from megatron.core import parallel_state as ps
-
     mine = model.stage_aux_loss()
     if mine is None:
         return None
@@ -108,10 +107,6 @@ class MicroBatches:
 
 
 def train_step(ddp_model, optimizer, scheduler, batches, step: int, nan: bool = False) -> dict:
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    from megatron_ext.core import feature_exchange
-
     # the schedule counts finished steps; stepping it first makes step k run at lr(k): warmup
     # starts above zero and the last step runs at min_lr
     scheduler.step(1)
@@ -139,3 +134,13 @@ def train_step(ddp_model, optimizer, scheduler, batches, step: int, nan: bool = 
     if distill is not None:
         out["distill_loss"] = distill
     return out
+
+
+@torch.no_grad()
+def eval_loss(model, batches: list) -> float:
+    """Forward-only loss of fixed micro-batches at any TP/PP layout (validation, checks)."""
+    results = get_forward_backward_func()(
+        forward_step_func=forward_step_func(), data_iterator=iter(batches), model=[model],
+        num_microbatches=len(batches), seq_length=batches[0]["input_ids"].shape[1],
+        micro_batch_size=batches[0]["input_ids"].shape[0], forward_only=True)
+    return reduce_loss(results)

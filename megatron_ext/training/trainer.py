@@ -26,14 +26,15 @@ import yaml
 from megatron_ext.training import quiet  # first: Megatron-Core's fallback warnings fire at import
 from megatron.core import parallel_state as ps
 
+from megatron_ext.compat import cpu_training
 from megatron_ext.data.loader import build_loader, image_tokens, samples_per_epoch
 from megatron_ext.device import host_tensor, place_model
 from megatron_ext.hf.decoder import CheckpointError, check_preset, load_llm
 from megatron_ext.methods import resolve_preset
-from megatron_ext.methods import training as method_training
 from megatron_ext.methods.spec import MethodSpec
 from megatron_ext.parallel import init_parallel
-from megatron_ext.training import checkpoint, megatron_cpu, optim, preflight, stages
+from megatron_ext.training import checkpoint, optim, preflight, stages
+from megatron_ext.training import model as method_training
 from megatron_ext.training.config import ConfigError, TrainConfig, num_microbatches, resolve_steps, validate
 from megatron_ext.training.grads import make_finalize
 from megatron_ext.training.metrics import Metrics, peak_memory_gib
@@ -111,7 +112,7 @@ class Trainer:
 
     def _setup(self) -> None:
         cfg, spec = self.cfg, self.spec
-        self.on_cpu = megatron_cpu.install()
+        self.on_cpu = cpu_training.install()
         init_parallel(cfg.parallel.tensor, cfg.parallel.pipeline, cfg.train.seed)
         validate(cfg, dist.get_world_size())
         self.rank0 = dist.get_rank() == 0

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
+from megatron_ext.data.loader import shard_dataset
 from megatron_ext.training.config import ConfigError
+from megatron_ext.training.step import eval_loss
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,7 @@ def _stack(samples: list) -> dict:
 
 
 class Validator:
-    def __init__(self, cfg, preset: dict, dp_rank: int, dp_size: int, spec=None):
-        from megatron_ext.data.loader import shard_dataset
-
+    def __init__(self, cfg, preset: dict, dp_rank: int, dp_size: int, spec):
         self.every = cfg.validation.every
         manifest = validation_manifest(cfg)
         dataset = shard_dataset(cfg, preset, manifest, spec)
@@ -86,8 +86,6 @@ class Validator:
 
     def run(self, model) -> dict:
         """-> val_loss (own images), val_loss_shuffled and val_image_gap (shuffled - own)."""
-        from megatron_ext.training.evaluate import eval_loss
-
         was_training = model.training
         model.eval()
         try:

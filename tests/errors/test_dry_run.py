@@ -15,7 +15,7 @@ TINY = ROOT / "configs" / "train" / "s1-rose-tiny.yaml"
 @pytest.fixture
 def nothing_starts(monkeypatch):
     """Fail the test if anything would start a process group or build a model."""
-    import megatron_ext.methods.training as method_training
+    import megatron_ext.training.model as method_training
     import megatron_ext.parallel as parallel
     import megatron_ext.training.trainer as trainer  # imported before patching: it binds init_parallel by name
 

@@ -35,7 +35,7 @@ CASES = [  # (id, argv (formatted with tmp), the line)
 
 @pytest.mark.parametrize("argv,line", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_export_mistake(tmp_path, capsys, argv, line):
-    from megatron_ext.export import main
+    from megatron_ext.export.cli import main
 
     _base_model_folder(tmp_path / "base")
     (tmp_path / "empty-run").mkdir()
@@ -52,7 +52,7 @@ def test_overwrite_replaces_only_what_an_export_writes(tmp_path):
     --overwrite export removes only the stale shards an export wrote."""
     from huggingface_hub import save_torch_state_dict
 
-    from megatron_ext.export_dir import MANIFEST, ExportTarget
+    from megatron_ext.export.target import MANIFEST, ExportTarget
 
     out = _base_model_folder(tmp_path / "base")
     foreign = snapshot(out)

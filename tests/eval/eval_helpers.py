@@ -14,9 +14,9 @@ IMAGE = 32
 def write_blind_export(out: Path, method: str = "rose") -> Path:
     from transformers import SiglipImageProcessorPil, SiglipVisionConfig
 
-    from megatron_ext.export import export_model
+    from megatron_ext.export.folder import export_model
     from megatron_ext.methods import build_model, resolve_preset
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
     from megatron_ext.core.vlm import VisionLanguageModel
     from recaption.tiny import build_tokenizer
 

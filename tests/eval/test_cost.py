@@ -43,7 +43,7 @@ def test_vlora_cost_counts_the_image_path_on_top_of_the_text(tmp_path_factory, m
 def vora_export(tmp_path_factory):
     from transformers import SiglipImageProcessorPil
 
-    from megatron_ext.export import export_model
+    from megatron_ext.export.folder import export_model
     from megatron_ext.methods import build_model, resolve_preset
     from recaption.tiny import build_tokenizer
 

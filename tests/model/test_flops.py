@@ -3,7 +3,8 @@ within 1% and orders the methods as the papers claim."""
 
 import pytest
 
-from megatron_ext.flops import breakdown, main, peak_flops
+from megatron_ext.device import peak_flops
+from megatron_ext.flops import breakdown, main
 
 LLM_PART = ("decoder projections", "attention scores", "perceptual weights")
 

@@ -19,7 +19,7 @@ HF_VOCAB = 151665
 def _tower(kind):
     from transformers import CLIPVisionConfig
 
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
 
     torch.manual_seed(3)
     config = siglip_config() if kind == "siglip" else CLIPVisionConfig(
@@ -32,7 +32,7 @@ def _tower(kind):
 def exported(request, tmp_path_factory):
     from transformers import SiglipImageProcessorPil
 
-    from megatron_ext.export import export_model
+    from megatron_ext.export.folder import export_model
     from megatron_ext.methods.llava.model import LlavaVisionModel, build_llava
     from recaption.tiny import build_tokenizer
 
@@ -117,9 +117,9 @@ def test_a_tower_transformers_lacks_exports_as_remote_code_with_equal_logits(eff
     per 32 x 32 pixels before the text (25 at 160 px, 100 at 320 px), and its logits equal Megatron's."""
     from transformers import AutoModelForCausalLM, AutoProcessor, SiglipImageProcessorPil
 
-    from megatron_ext.export import export_model
+    from megatron_ext.export.folder import export_model
     from megatron_ext.methods.llava.model import LlavaVisionModel, build_llava
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
     from recaption.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()

@@ -71,11 +71,12 @@ def test_projector_equals_transformers_llava_projector():
 
 def test_parameter_groups_partition_the_model():
     from megatron_ext.methods.llava.config import STAGES
-    from megatron_ext.methods.training import default_trainable
+    from megatron_ext.training.model import default_trainable
+    from megatron_ext.core.param_groups import parameter_groups
     from megatron_ext.training import stages
 
     model = tiny_llava()
-    groups = stages.parameter_groups(model)
+    groups = parameter_groups(model)
     names = [n for ps in groups.values() for n, _ in ps]
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())  # each exactly once
     assert {n for n, _ in groups["projector"]} == {f"lm.projector.linear_{i}.{k}" for i in (1, 2)

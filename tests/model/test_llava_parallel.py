@@ -29,7 +29,7 @@ def _tp_worker(rank):
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
     from llava_helpers import forward, llava_inputs, tiny_llava
-    from megatron_ext.core.layout import shard_for_rank
+    from layout_helpers import shard_for_rank
     from megatron_ext.parallel import init_parallel
 
     b = llava_inputs()

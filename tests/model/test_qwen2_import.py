@@ -15,7 +15,7 @@ def _build(path, method, tp=1):
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    from megatron_ext.hf.qwen2 import llm_preset_from_hf
+    from megatron_ext.hf.decoder import llm_preset_from_hf
     from megatron_ext.core.llm_config import gpt_model_kwargs, qwen2_transformer_config
     from megatron_ext.methods.rose import ROSEModel
     from megatron_ext.methods.rose import rose_config
@@ -50,10 +50,10 @@ def qwen2_dir(tmp_path_factory):
 @pytest.mark.usefixtures("megatron_single_process")
 @pytest.mark.parametrize("method", ["none", "rose"])
 def test_tp1_logits_equal_transformers(qwen2_dir, method):
-    from megatron_ext.hf.qwen2 import load_qwen2
+    from megatron_ext.hf.decoder import load_llm
 
     model, lm = _build(qwen2_dir, method)
-    untouched = load_qwen2(lm, qwen2_dir)
+    untouched = load_llm(lm, qwen2_dir)
     assert untouched == []  # every LLM tensor came from the checkpoint
     ids = torch.randint(0, 250, (2, 20), generator=torch.Generator().manual_seed(0))
     ours = _logits(model, ids, method)
@@ -65,12 +65,12 @@ def _parallel_worker(rank, path, tp, pp):
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-    from megatron_ext.hf.qwen2 import load_qwen2
+    from megatron_ext.hf.decoder import load_llm
     from megatron_ext.parallel import init_parallel
 
     init_parallel(tp, pp)
     model, lm = _build(path, "rose", tp)
-    load_qwen2(lm, path)
+    load_llm(lm, path)
     ids = torch.randint(0, 250, (2, 20), generator=torch.Generator().manual_seed(0))
     vis = torch.randn(2, 5, 48)
     pos = torch.arange(20).expand_as(ids)
@@ -105,13 +105,13 @@ def test_parallel_import_logits_equal_transformers(qwen2_dir, tp, pp):
 
 @pytest.mark.usefixtures("megatron_single_process")
 def test_vocab_is_padded_for_tp_and_padding_rows_are_zero(tmp_path):
-    from megatron_ext.hf.qwen2 import llm_preset_from_hf, load_qwen2, pad_vocab
+    from megatron_ext.hf.decoder import llm_preset_from_hf, load_llm, pad_vocab
 
     assert pad_vocab(151643, 4) == 152064 and pad_vocab(250, 1, 1) == 250
     path = write_qwen2(tmp_path / "q", vocab_size=251)
     model, lm = _build(path, "none", tp=1)
     assert llm_preset_from_hf(path, tp=2, vocab_multiple=1)["vocab_size"] == 252
-    load_qwen2(lm, path)
+    load_llm(lm, path)
     ids = torch.randint(0, 251, (1, 8))
     torch.testing.assert_close(_logits(model, ids, "none")[..., :251], hf_logits(path, ids), atol=1e-4, rtol=0)
 
@@ -119,19 +119,19 @@ def test_vocab_is_padded_for_tp_and_padding_rows_are_zero(tmp_path):
 @pytest.mark.usefixtures("megatron_single_process")
 def test_tied_embeddings_checkpoint(tmp_path):
     """Qwen2.5 models up to 3B tie the LM head to the embedding."""
-    from megatron_ext.hf.qwen2 import load_qwen2
+    from megatron_ext.hf.decoder import load_llm
 
     path = write_qwen2(tmp_path / "tied", tie_word_embeddings=True)
     model, lm = _build(path, "rose")
     assert lm.share_embeddings_and_output_weights
-    load_qwen2(lm, path)
+    load_llm(lm, path)
     ids = torch.randint(0, 250, (2, 10), generator=torch.Generator().manual_seed(3))
     assert (_logits(model, ids, "rose")[..., :250] - hf_logits(path, ids)).abs().max() < 1e-4
 
 
 @pytest.mark.usefixtures("megatron_single_process")
 def test_bad_checkpoints_fail_clearly(tmp_path, qwen2_dir):
-    from megatron_ext.hf.qwen2 import CheckpointError, load_qwen2, read_hf_config
+    from megatron_ext.hf.decoder import CheckpointError, load_llm, read_hf_config
 
     with pytest.raises(CheckpointError, match="config.json not found"):
         read_hf_config(tmp_path / "nowhere")
@@ -149,9 +149,9 @@ def test_bad_checkpoints_fail_clearly(tmp_path, qwen2_dir):
     model, lm = _build(bad, "none")
     with pytest.raises(CheckpointError, match=r"'model.layers.0.mlp.gate_proj.weight' has shape \(128, 64\) "
                                               r"in the checkpoint but the config implies \(96, 64\)"):
-        load_qwen2(lm, bad)
+        load_llm(lm, bad)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text((qwen2_dir / "config.json").read_text())
     with pytest.raises(CheckpointError, match="has no \\*.safetensors files"):
-        load_qwen2(lm, empty)
+        load_llm(lm, empty)

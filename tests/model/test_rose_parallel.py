@@ -30,7 +30,7 @@ def _tp_worker(rank):
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-    from megatron_ext.core.layout import shard_for_rank
+    from layout_helpers import shard_for_rank
     from megatron_ext.parallel import init_parallel
     from rose_helpers import inputs, tiny_rose
 

@@ -52,9 +52,9 @@ def test_export_carries_t_scale(tmp_path):
     from transformers import SiglipImageProcessorPil, SiglipVisionConfig, AutoModelForCausalLM
 
     from megatron_ext.core.vlm import VisionLanguageModel
-    from megatron_ext.export import export_model
+    from megatron_ext.export.folder import export_model
     from megatron_ext.methods import build_model
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
     from recaption.tiny import build_tokenizer
 
     preset = json.loads(json.dumps(PRESET))

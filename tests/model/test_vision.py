@@ -19,7 +19,7 @@ def tiny_siglip_config():
 def test_tower_from_local_dir_equals_the_model(tmp_path):
     from transformers import SiglipVisionModel
 
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
 
     torch.manual_seed(0)
     SiglipVisionModel(tiny_siglip_config()).save_pretrained(tmp_path / "siglip")
@@ -43,7 +43,7 @@ def test_tower_from_local_dir_equals_the_model(tmp_path):
 def _model(train_vision):
     from megatron.core import parallel_state
 
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
     from megatron_ext.core.vlm import VisionLanguageModel
     from rose_helpers import randomize_generator, tiny_rose
 
@@ -185,7 +185,7 @@ def test_pp2_features_reach_later_stage_and_tower_gradients_come_back():
 def _tp_worker(rank):
     from megatron.core import parallel_state
 
-    from megatron_ext.core.layout import shard_for_rank
+    from layout_helpers import shard_for_rank
     from megatron_ext.parallel import init_parallel
 
     init_parallel(1, 1)
@@ -214,7 +214,7 @@ def test_clip_tower_drops_the_class_token_and_unknown_types_fail(tmp_path):
 
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
 
     clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                             num_attention_heads=4, image_size=IMAGE, patch_size=8))
@@ -234,7 +234,7 @@ def test_aimv2_from_local_dir_equals_transformers_and_feeds_vora_teacher(tmp_pat
     (mean = std = 0.5) to the teacher processor's statistics."""
     from transformers import Aimv2VisionConfig, Aimv2VisionModel, CLIPImageProcessor
 
-    from megatron_ext.vision_tower import VisionTower
+    from megatron_ext.hf.vision_tower import VisionTower
     from megatron_ext.methods.vora import VoRAConfig, VoRAConfigError, VoRATeacher
 
     torch.manual_seed(0)

@@ -30,7 +30,7 @@ def _tp_worker(rank):
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
     from lora_helpers import tiny_vlora, vlora_inputs
-    from megatron_ext.core.layout import shard_for_rank
+    from layout_helpers import shard_for_rank
     from megatron_ext.parallel import init_parallel
 
     b = vlora_inputs(batch=2, seq=12)

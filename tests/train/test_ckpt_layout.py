@@ -1,10 +1,10 @@
-"""training/ckpt_layout.py on hand-built sharded state dicts: a layer-stacked tensor becomes one
+"""core/ckpt_layout.py on hand-built sharded state dicts: a layer-stacked tensor becomes one
 entry per global layer, the wrapper's `lm.` prefix leaves the stored keys, and a pipeline replica is
 marked as a non-main replica on later stages; nested dicts and lists are walked alike."""
 import torch
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
 
-from megatron_ext.training.ckpt_layout import mark_pipeline_replicas, per_layer, strip_wrapper_prefix
+from megatron_ext.core.ckpt_layout import mark_pipeline_replicas, per_layer, strip_wrapper_prefix
 
 KEY = "lm.decoder.layers.self_attention.linear_proj.weight"
 

@@ -4,7 +4,7 @@ import pytest
 
 from megatron_ext.training.config import ConfigError, load_config, num_microbatches, validate
 from megatron_ext.methods import method_names
-from megatron_ext.methods.training import default_trainable
+from megatron_ext.training.model import default_trainable
 from train_helpers import TINY_S1
 
 

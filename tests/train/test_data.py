@@ -160,7 +160,8 @@ def test_pixels_use_the_towers_statistics_and_the_export_preprocesses_exactly_li
     from transformers import CLIPImageProcessor
 
     from megatron_ext.data.loader import build_loader, pixel_stats
-    from megatron_ext.export import training_image_processor
+    from megatron_ext.export.checkpoint import training_image_processor
+    from megatron_ext.methods import get_method
     from megatron_ext.training.config import load_config
 
     manifest = make_shards(tmp_path, n_shards=1, per_shard=2, corrupt=())
@@ -174,7 +175,8 @@ def test_pixels_use_the_towers_statistics_and_the_export_preprocesses_exactly_li
     assert pixel_stats(cfg) == (tuple(clip_mean), tuple(clip_std))
     assert pixel_stats(load_config(None, overrides + ["model.method=vora"]))[0] == (0.5, 0.5, 0.5)
 
-    loader = build_loader(cfg, {"vision": {"hidden_size": 8}, "llm": {"vocab_size": 256}}, 0, 1)
+    preset = {"vision": {"hidden_size": 8}, "llm": {"vocab_size": 256}}
+    loader = build_loader(cfg, preset, 0, 1, get_method(cfg.model.method))
     batch = loader.next_microbatch()
     uid = int(_caption_ids(batch)[0].split()[-1])
     image = Image.open(io.BytesIO(_jpg((uid * 20 % 255, 0, 0))))

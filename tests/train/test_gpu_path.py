@@ -124,7 +124,7 @@ def test_masked_softmax_fusion_only_where_its_kernels_import(monkeypatch, kernel
 
 
 def test_norm_names_map_between_backends():
-    from megatron_ext.training.checkpoint import _norm_alias
+    from megatron_ext.core.weights import _norm_alias
 
     qkv = "decoder.layers.3.self_attention.linear_qkv.layer_norm_weight"
     fc1 = "decoder.layers.3.mlp.linear_fc1.layer_norm_weight"
@@ -142,7 +142,7 @@ def test_norms_of_equipped_te_layers_load_into_local_layers(tmp_path):
     from megatron.core import dist_checkpointing
 
     from megatron_ext.methods import build_model
-    from megatron_ext.training.checkpoint import _model_state, _norm_alias, load_weights
+    from megatron_ext.core.weights import _norm_alias, load_weights, model_state
     from rose_helpers import PRESET
 
     torch.manual_seed(0)
@@ -152,7 +152,7 @@ def test_norms_of_equipped_te_layers_load_into_local_layers(tmp_path):
             if "layernorm" in n:
                 p.uniform_(0.5, 1.5)
     as_te = {k: dataclasses.replace(v, key=_norm_alias(v.key)) if "layer_norm_weight" in v.key else v
-             for k, v in _model_state(src).items()}
+             for k, v in model_state(src).items()}
     assert sum(v.key.endswith("input_layernorm.weight") for v in as_te.values()) == PRESET["llm"]["num_layers"]
     dist_checkpointing.save({"model": as_te}, str(tmp_path))
 

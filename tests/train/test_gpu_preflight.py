@@ -57,7 +57,7 @@ def test_recompute_settings_are_checked(tmp_path):
 
 
 def test_training_settings_become_megatron_settings():
-    from megatron_ext.methods.training import config_overrides
+    from megatron_ext.training.model import config_overrides
 
     out = config_overrides(_cfg("train.recompute=full", "train.first_stage_layers=1", "parallel.pipeline=2"))
     assert out == dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1,

@@ -95,7 +95,7 @@ def test_checkpoint_reads_parameters_after_the_overlapped_gather():
 
 
 def test_gradient_accumulation_fusion_with_te_on_cuda(monkeypatch):
-    from megatron_ext.methods import training
+    from megatron_ext.training import model as training
 
     cfg = load_config(None, ["model.backend=te"])
     assert "gradient_accumulation_fusion" not in training.config_overrides(cfg)  # CPU

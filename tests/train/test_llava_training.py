@@ -41,30 +41,30 @@ def _run(path, overrides):
     from megatron.core import parallel_state as ps
 
     from megatron_ext.train import run
-    from megatron_ext.training import stages
+    from megatron_ext.core.param_groups import parameter_groups
     from megatron_ext.training.config import load_config
 
     r = run(load_config(str(path), overrides), keep_model=True)
     model = r.pop("model")
-    r["groups"] = {n: g for g, ps_ in stages.parameter_groups(model).items() for n, _ in ps_}
+    r["groups"] = {n: g for g, ps_ in parameter_groups(model).items() for n, _ in ps_}
     r.update(tp=ps.get_tensor_model_parallel_rank(), pp=ps.get_pipeline_model_parallel_rank())
     return r, model
 
 
 def _first_batches(path, overrides, n):
     from megatron_ext.data.loader import build_loader
-    from megatron_ext.methods import resolve_preset
+    from megatron_ext.methods import get_method, resolve_preset
     from megatron_ext.training.config import load_config
 
     cfg = load_config(str(path), overrides)
-    loader = build_loader(cfg, resolve_preset(cfg.model.preset), 0, 1)
+    loader = build_loader(cfg, resolve_preset(cfg.model.preset), 0, 1, get_method(cfg.model.method))
     return [loader.next_microbatch() for _ in range(n)]
 
 
 def _worker(rank, root):
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-    from megatron_ext.training.evaluate import eval_loss
+    from megatron_ext.training.step import eval_loss
 
     out = {}
     for name, layout in (("tp2", ["parallel.tensor=2"]), ("pp2", ["parallel.pipeline=2"])):

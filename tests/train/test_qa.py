@@ -44,12 +44,12 @@ def qwen(tmp_path_factory):
 
 def _s3_loader(qwen, manifest, *overrides):
     from megatron_ext.data.loader import build_loader
-    from megatron_ext.methods import resolve_preset
+    from megatron_ext.methods import get_method, resolve_preset
     from megatron_ext.training.config import load_config
 
     cfg = load_config(str(ROOT / "configs" / "train" / "main" / "rose-s3.yaml"),
                       [f"data.tokenizer={qwen[0]}", f"data.manifest={manifest}", *overrides])
-    return cfg, build_loader(cfg, resolve_preset(cfg.model.preset), 0, 1)
+    return cfg, build_loader(cfg, resolve_preset(cfg.model.preset), 0, 1, get_method(cfg.model.method))
 
 
 def test_loss_mask_covers_exactly_the_answer_and_im_end(qwen, tmp_path):

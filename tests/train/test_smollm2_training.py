@@ -33,11 +33,11 @@ def _hf_loss(smollm2_dir, overrides) -> float:
     from transformers import AutoModelForCausalLM
 
     from megatron_ext.data.loader import build_loader
-    from megatron_ext.methods import resolve_preset
+    from megatron_ext.methods import get_method, resolve_preset
     from megatron_ext.training.config import load_config, num_microbatches
 
     cfg = load_config(str(CONFIG), overrides)
-    loader = build_loader(cfg, resolve_preset(cfg.model.preset), 0, 1)
+    loader = build_loader(cfg, resolve_preset(cfg.model.preset), 0, 1, get_method(cfg.model.method))
     hf = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
     losses = []
     with torch.no_grad():

@@ -34,12 +34,13 @@ def _worker(rank, root):
     from megatron.core import parallel_state as ps
 
     from megatron_ext.data.loader import build_loader
-    from megatron_ext.methods import resolve_preset
+    from megatron_ext.methods import get_method, resolve_preset
     from megatron_ext.parallel import init_parallel
     from megatron_ext.train import run
-    from megatron_ext.training import stages
+    from megatron_ext.core.param_groups import parameter_groups
     from megatron_ext.training.config import load_config
-    from megatron_ext.training.evaluate import checkpoint_loss, eval_loss
+    from megatron_ext.training.step import eval_loss
+    from train_helpers import checkpoint_loss
     from megatron_ext.training.step import NonFiniteLoss
 
     out = {}
@@ -49,11 +50,11 @@ def _worker(rank, root):
             cfg = load_config(str(TINY_S1), _stage_overrides(root, layout, stage, steps, prev))
             r = run(cfg, keep_model=True)
             model = r.pop("model")
-            groups = {n: g for g, ps_ in stages.parameter_groups(model).items() for n, _ in ps_}
+            groups = {n: g for g, ps_ in parameter_groups(model).items() for n, _ in ps_}
             r["groups"] = groups
             if layout == "tp2" and stage == "s3":
                 # fixed batches: the first micro-batches of DP rank 0's stream of a fresh loader
-                loader = build_loader(cfg, resolve_preset(cfg.model.preset), 0, 1)
+                loader = build_loader(cfg, resolve_preset(cfg.model.preset), 0, 1, get_method(cfg.model.method))
                 out["eval_batches"] = [loader.next_microbatch() for _ in range(2)]
                 out["loss_tp2"] = eval_loss(model, out["eval_batches"])
             r.update(tp=ps.get_tensor_model_parallel_rank(), pp=ps.get_pipeline_model_parallel_rank())
@@ -68,7 +69,7 @@ def _worker(rank, root):
         "data.seq_length=16", f"model.vision_weights={root}/siglip", f"train.init_from={root}/pp2-s1"])
     r = run(cfg, keep_model=True)
     model = r.pop("model")
-    r["groups"] = {n: g for g, ps_ in stages.parameter_groups(model).items() for n, _ in ps_}
+    r["groups"] = {n: g for g, ps_ in parameter_groups(model).items() for n, _ in ps_}
     r["pp"] = ps.get_pipeline_model_parallel_rank()
     out[("pp2-images", "s2")] = r
 
@@ -77,7 +78,7 @@ def _worker(rank, root):
                                       "parallel.pipeline=2", "train.steps=3", "optim.warmup_steps=1"])
     r = run(cfg, keep_model=True)
     model = r.pop("model")
-    r["groups"] = {n: g for g, ps_ in stages.parameter_groups(model).items() for n, _ in ps_}
+    r["groups"] = {n: g for g, ps_ in parameter_groups(model).items() for n, _ in ps_}
     out[("pp2-vlora", "s1")] = r
 
     # the TP=2 S3 checkpoint at TP=1 (DP=2) and at PP=2

@@ -20,7 +20,7 @@ def qwen(tmp_path_factory):
 @pytest.mark.parametrize("method,image_tokens", [("rose", 0), ("vora", 16)])
 def test_loss_mask_covers_exactly_the_caption_in_qwen_chat_format(qwen, tmp_path, method, image_tokens):
     from megatron_ext.data.loader import build_loader
-    from megatron_ext.methods import resolve_preset
+    from megatron_ext.methods import get_method, resolve_preset
     from megatron_ext.training.config import load_config
     from test_data import make_shards
 
@@ -31,7 +31,7 @@ def test_loss_mask_covers_exactly_the_caption_in_qwen_chat_format(qwen, tmp_path
                       [f"data.tokenizer={path}", f"data.manifest={tmp_path}/manifest.json",
                        f"model.method={method}", f"data.prompt={PROMPT}", "data.seq_length=48"])
     preset = resolve_preset(cfg.model.preset)
-    batch = build_loader(cfg, preset, 0, 1).next_microbatch()
+    batch = build_loader(cfg, preset, 0, 1, get_method(cfg.model.method)).next_microbatch()
     seq = cfg.data.seq_length + image_tokens
     assert batch["input_ids"].shape == (cfg.train.micro_batch_size, seq)
     prompt = tok(CHAT)["input_ids"]
@@ -60,7 +60,8 @@ def test_image_placeholder_is_one_id_no_text_holds(qwen, smollm2_dir):
     chat format, the prompts and the answers never produce, the same for the loader and the export."""
     from transformers import AutoTokenizer
 
-    from megatron_ext.data.text import HFTokenizer, image_placeholder
+    from megatron_ext.data.text import HFTokenizer
+    from megatron_ext.hf.image_placeholder import image_placeholder
 
     path, tok = qwen
     assert image_placeholder(tok) == "<|image_pad|>"

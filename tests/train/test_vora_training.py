@@ -51,11 +51,11 @@ def _run(cfg):
     from megatron.core import parallel_state as ps
 
     from megatron_ext.train import run
-    from megatron_ext.training import stages
+    from megatron_ext.core.param_groups import parameter_groups
 
     r = run(cfg, keep_model=True)
     model = r.pop("model")
-    r["groups"] = {n: g for g, ps_ in stages.parameter_groups(model).items() for n, _ in ps_}
+    r["groups"] = {n: g for g, ps_ in parameter_groups(model).items() for n, _ in ps_}
     r.update(tp=ps.get_tensor_model_parallel_rank(), pp=ps.get_pipeline_model_parallel_rank())
     return r, model
 
@@ -63,9 +63,9 @@ def _run(cfg):
 def _first_batches(cfg, n):
     """The micro-batches DP rank 0 reads first at DP=1: S2's first step at TP=2 or PP=2."""
     from megatron_ext.data.loader import build_loader
-    from megatron_ext.methods import resolve_preset
+    from megatron_ext.methods import get_method, resolve_preset
 
-    loader = build_loader(cfg, resolve_preset(cfg.model.preset), 0, 1)
+    loader = build_loader(cfg, resolve_preset(cfg.model.preset), 0, 1, get_method(cfg.model.method))
     return [loader.next_microbatch() for _ in range(n)]
 
 
@@ -73,10 +73,9 @@ def _worker(rank, root):
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
     from megatron_ext.data.loader import build_loader
-    from megatron_ext.methods import resolve_preset
+    from megatron_ext.methods import get_method, resolve_preset
     from megatron_ext.training.config import load_config
-    from megatron_ext.training.evaluate import eval_loss
-    from megatron_ext.training.step import reduce_aux
+    from megatron_ext.training.step import eval_loss, reduce_aux
 
     out = {}
     # TP=1 (DP=2, one sample per micro-batch) takes its first step from TP=2's final S1 weights
@@ -88,7 +87,8 @@ def _worker(rank, root):
         if name == "tp2":  # the same weights at TP=2 on the samples of TP=1's first step
             preset = resolve_preset(first_tp1.model.preset)
             m1.begin_step(0.0)
-            out["first-tp2"] = dict(losses=[eval_loss(m1, [build_loader(first_tp1, preset, r, 2)
+            spec = get_method(first_tp1.model.method)
+            out["first-tp2"] = dict(losses=[eval_loss(m1, [build_loader(first_tp1, preset, r, 2, spec)
                                                            .next_microbatch() for r in (0, 1)])],
                                     distill_losses=[reduce_aux(m1)])
         cfg2 = load_config(str(TINY["s2"]), _overrides(root, name, "s2", 2, layout, init_from="s1"))
@@ -240,7 +240,7 @@ def test_qwen_tokenizer_path_tp2_export_and_generate(results, tmp_path):
 
 
 def test_vora_config_errors_are_clear(tmp_path):
-    from megatron_ext.methods.training import check_training
+    from megatron_ext.training.model import check_training
     from megatron_ext.training.config import ConfigError, load_config
 
     def check(*overrides):
@@ -261,13 +261,13 @@ def test_dali_batches_carry_vora_image_tokens(tmp_path):
     """data.kind=dali gives VoRA the same batch layout as the PIL loader (decoded on the CPU here)."""
     pytest.importorskip("nvidia.dali")
     from megatron_ext.data.loader import build_loader
-    from megatron_ext.methods import resolve_preset
+    from megatron_ext.methods import get_method, resolve_preset
     from megatron_ext.training.config import load_config
     from test_data import make_shards
 
     make_shards(tmp_path, n_shards=1, per_shard=4, corrupt=())
     cfg = load_config(str(TINY["s1"]), ["data.kind=dali", f"data.manifest={tmp_path}/manifest.json"])
-    b = build_loader(cfg, resolve_preset(cfg.model.preset), 0, 1).next_microbatch()
+    b = build_loader(cfg, resolve_preset(cfg.model.preset), 0, 1, get_method(cfg.model.method)).next_microbatch()
     n = (16 // 4) ** 2
     assert b["pixel_values"].shape == (2, 3, 16, 16) and b["input_ids"].shape == (2, n + 16)
     assert b["image_mask"][:, :n].all() and not b["image_mask"][:, n:].any()

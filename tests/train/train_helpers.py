@@ -42,3 +42,18 @@ def train_worker(rank, configs):
                  dp=ps.get_data_parallel_rank())
         results.append(r)
     return results
+
+
+def checkpoint_loss(cfg, checkpoint_dir, batches: list) -> float:
+    """Build the model at cfg's layout (call init_parallel first), load a checkpoint's weights
+    (written at any layout) and return the loss of `batches`."""
+    from megatron_ext.core.weights import load_weights
+    from megatron_ext.training.checkpoint import latest
+    from megatron_ext.training.model import build_training_model, train_dtype
+    from megatron_ext.training.step import eval_loss
+
+    _, model = build_training_model(cfg, train_dtype(cfg))
+    info = load_weights(latest(checkpoint_dir), model)
+    if info["kept_at_init"]:
+        raise RuntimeError(f"{checkpoint_dir} lacks {info['kept_at_init']}")
+    return eval_loss(model, batches)

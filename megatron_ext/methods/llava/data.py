@@ -3,8 +3,8 @@ caption (the data layer's image_mask). The count is the tower's patch grid at it
 
 from __future__ import annotations
 
+from megatron_ext.hf.vision_tower import tower_config
 from megatron_ext.methods.llava.config import LlavaConfig, LlavaConfigError
-from megatron_ext.vision_tower import tower_config
 
 
 def image_tokens(path, image_size: int, llava: LlavaConfig | None = None) -> int:

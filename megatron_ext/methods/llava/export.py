@@ -11,6 +11,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from huggingface_hub import save_torch_state_dict
+from transformers import GenerationConfig, LlavaConfig, LlavaProcessor, PreTrainedConfig
+
+from megatron_ext.hf.decoder import hf_text_config, megatron_to_hf
+from megatron_ext.hf.image_placeholder import image_placeholder
+from megatron_ext.methods.spec import HFExport
+
 log = logging.getLogger(__name__)
 
 
@@ -24,10 +31,6 @@ def chat_template(image_token: str) -> str:
 
 def hf_config(model, llm: dict, hf_vocab: int, image_token_id: int, dtype: str):
     """transformers' LlavaConfig of a LlavaVisionModel (its tower decides the feature strategy)."""
-    from transformers import LlavaConfig
-
-    from megatron_ext.hf.decoder import hf_text_config
-
     tower, llava = model.vision, model.lm.llava
     tied = bool(llm.get("tie_word_embeddings", False))
     return LlavaConfig(
@@ -41,8 +44,6 @@ def hf_config(model, llm: dict, hf_vocab: int, image_token_id: int, dtype: str):
 
 def hf_state_dict(model, hf_vocab: int) -> dict:
     """LlavaForConditionalGeneration's tensors from a TP=1, PP=1 LlavaVisionModel."""
-    from megatron_ext.hf.decoder import megatron_to_hf
-
     lm = model.lm
     text = megatron_to_hf(lm.language_model.state_dict(), lm.config, hf_vocab)
     state = {(f"model.language_model.{k.removeprefix('model.')}" if k.startswith("model.") else k): v
@@ -55,9 +56,6 @@ def hf_state_dict(model, hf_vocab: int) -> dict:
 def llava_export(model, tokenizer):
     """LLaVA with a tower transformers lacks (EfficientNet-Lite): the project's remote-code folder,
     the projector beside the LLM, one placeholder per 32 x 32 pixels before the text."""
-    from megatron_ext.data.text import image_placeholder
-    from megatron_ext.methods.spec import HFExport
-
     lm, token = model.lm, image_placeholder(tokenizer)
     return HFExport(
         lm=lm, tower=model.vision,
@@ -71,15 +69,10 @@ def export_llava(model, llm: dict, out_dir, tokenizer, image_processor, max_shar
                  max_new_tokens: int = 64) -> Path | None:
     """Write a TP=1, PP=1 LlavaVisionModel with its weights loaded as a native HF LLaVA folder;
     None where transformers has no class for the tower (the remote-code export writes it then)."""
-    from huggingface_hub import save_torch_state_dict
-    from transformers import GenerationConfig, LlavaProcessor, PreTrainedConfig
-
     if model.vision is None:
         raise ValueError("export from a TP=1, PP=1 model with its vision tower (model.vision_weights)")
     if not isinstance(model.vision.model.config, PreTrainedConfig):
         return None
-    from megatron_ext.data.text import image_placeholder
-
     image_token = image_placeholder(tokenizer)  # the one training used; raises if there is none
     image_token_id = tokenizer.convert_tokens_to_ids(image_token)
     hf_vocab = len(tokenizer)

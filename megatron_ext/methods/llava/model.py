@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megatron_ext.core.llm_config import gpt_model_kwargs, preset_transformer_config
 from megatron_ext.core.vlm import VisionLanguageModel
-from megatron_ext.methods.llava.config import LlavaConfig
+from megatron_ext.methods.llava.config import LlavaConfig, llava_config
 from megatron_ext.methods.none.model import BaseLLM
 
 
@@ -113,9 +114,6 @@ class LlavaVisionModel(VisionLanguageModel):
 def build_llava(preset: dict, backend: str = "auto", dtype: torch.dtype = torch.float32,
                 config_overrides: dict | None = None, **llava_overrides) -> LlavaLM:
     """A LlavaLM for this process's TP/PP rank from a preset (its `llava:` section)."""
-    from megatron_ext.core.llm_config import gpt_model_kwargs, preset_transformer_config
-    from megatron_ext.methods.llava.config import llava_config
-
     config = preset_transformer_config(preset, dtype, config_overrides)
     return LlavaLM(config, llava_config(preset, **llava_overrides), backend=backend,
                    **gpt_model_kwargs(preset["llm"]))

@@ -3,19 +3,18 @@ runs (the LLM with its projector, wrapped with the vision tower on the first pip
 
 from __future__ import annotations
 
+import torch
+from megatron.core import parallel_state
+
+from megatron_ext.hf.vision_tower import VisionTower
 from megatron_ext.methods.llava.config import LlavaConfigError, llava_config
-
-
-def _config_error(e: Exception):
-    from megatron_ext.training.config import ConfigError
-
-    return ConfigError(str(e))
+from megatron_ext.methods.llava.data import image_tokens as tower_tokens
+from megatron_ext.methods.llava.model import LlavaVisionModel, build_llava
+from pvcommon.errors import ConfigError
 
 
 def image_tokens(cfg, preset: dict) -> int:
     """Visual tokens per image in the sequence: the tower's patch grid at data.image_size."""
-    from megatron_ext.methods.llava.data import image_tokens as tower_tokens
-
     if not cfg.model.vision_weights:
         raise LlavaConfigError("LLaVA encodes its images with a vision tower: set model.vision_weights to a "
                                "local SigLIP/CLIP directory")
@@ -25,26 +24,20 @@ def image_tokens(cfg, preset: dict) -> int:
 def check(cfg, preset: dict, trainable: list) -> None:
     """Refuse, before anything is built, what LLaVA cannot train with (one line each)."""
     if cfg.data.kind == "synthetic":
-        raise _config_error("LLaVA puts the visual tokens in the sequence, which synthetic feature pairs do "
-                            "not lay out (no image placeholders): use data.kind=webdataset|dali with "
-                            "model.vision_weights")
+        raise ConfigError("LLaVA puts the visual tokens in the sequence, which synthetic feature pairs do "
+                          "not lay out (no image placeholders): use data.kind=webdataset|dali with "
+                          "model.vision_weights")
     try:
         image_tokens(cfg, preset)
     except LlavaConfigError as e:
-        raise _config_error(e) from None
+        raise ConfigError(str(e)) from None
     except FileNotFoundError as e:  # model.vision_weights names no encoder directory
-        raise _config_error(f"model.vision_weights: {e}") from None
+        raise ConfigError(f"model.vision_weights: {e}") from None
 
 
 def training_model(cfg, preset: dict, dtype, config_overrides: dict | None, trainable: list):
     """The LLM with its projector, and the vision tower (model.vision_weights) on the first
     pipeline stage; the tower trains when the stage's trainable set names "vision"."""
-    import torch
-    from megatron.core import parallel_state
-
-    from megatron_ext.methods.llava.model import LlavaVisionModel, build_llava
-    from megatron_ext.vision_tower import VisionTower
-
     lm = build_llava(preset, cfg.model.backend, dtype, config_overrides)
 
     tower = None

@@ -1,5 +1,5 @@
 """VLoRA's part of a Hugging Face export: the generator's weights and the settings it is rebuilt
-from (each W_s stays beside its projection: megatron_ext/hf/qwen2.py)."""
+from (each W_s stays beside its projection: megatron_ext/hf/decoder.py)."""
 
 from __future__ import annotations
 

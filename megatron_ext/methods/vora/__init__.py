@@ -1,7 +1,7 @@
 """VoRA: vision as a static LoRA on the first blocks, raw patches in the sequence, block-wise
 distillation from a frozen ViT, merged after pre-training (docs/ARCHITECTURE.md)."""
 
-from megatron_ext.data.shards import MEAN, STD
+from megatron_ext.hf.vision_tower import MEAN, STD
 from megatron_ext.methods.spec import MethodSpec
 from megatron_ext.methods.vora import training
 from megatron_ext.methods.vora.config import VoRAConfig, VoRAConfigError, vora_config

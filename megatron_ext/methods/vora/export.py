@@ -3,7 +3,7 @@ weights, aux heads dropped), so the folder holds a plain Qwen2 and the vision em
 
 from __future__ import annotations
 
-from megatron_ext.data.text import image_placeholder
+from megatron_ext.hf.image_placeholder import image_placeholder
 from megatron_ext.methods.spec import HFExport
 from megatron_ext.methods.vora.model import VoRAModel
 

@@ -8,10 +8,9 @@ import torch
 import transformers
 from torch import nn
 
-from megatron_ext.data.shards import MEAN, STD, tower_pixel_stats
+from megatron_ext.hf.vision_tower import MEAN, STD, VisionTower, tower_pixel_stats
 from megatron_ext.methods.vora.config import VoRAConfig, VoRAConfigError
 from megatron_ext.methods.vora.vora_embedding import VisionEmbedding
-from megatron_ext.vision_tower import VisionTower
 
 
 def teacher_check(path, vora: VoRAConfig, image_size: int):

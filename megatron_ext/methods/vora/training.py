@@ -8,12 +8,12 @@ import torch
 from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 
+from megatron_ext.core.weights import load_weights
 from megatron_ext.methods.vora.config import VoRAConfigError, vora_config
 from megatron_ext.methods.vora.model import build_vora
 from megatron_ext.methods.vora.teacher import VoRATeacher, embedding_from_teacher, teacher_check
 from megatron_ext.methods.vora.vision import VoRAVisionModel
-from megatron_ext.training.checkpoint import load_weights
-from megatron_ext.training.config import ConfigError
+from pvcommon.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ import torch
 from megatron.core import parallel_state
 
 from megatron_ext.core import feature_exchange
+from megatron_ext.core.param_groups import parameter_groups
 from megatron_ext.core.specs import stage_layers
 from megatron_ext.core.wrapper import LLMWrapper
 from megatron_ext.methods.vora.model import VoRAModel
 from megatron_ext.methods.vora.teacher import VoRATeacher
-from megatron_ext.training.stages import parameter_groups
 
 
 class VoRAVisionModel(LLMWrapper):

@@ -1,20 +1,21 @@
-"""The model the training loop runs, for any registered method: what train.py, export.py and
-training/evaluate.py build from a TrainConfig. Everything method-specific is read off the spec."""
+"""The model the training loop runs, for any registered method: what the Trainer, the export and
+the dry run build from a TrainConfig. Everything method-specific is read off the spec."""
 
 from __future__ import annotations
 
 import torch
 from megatron.core import parallel_state as ps
 
+from megatron_ext.core.param_groups import GROUPS
 from megatron_ext.core.presets import resolve_preset
 from megatron_ext.core.specs import resolve_backend
 from megatron_ext.core.vlm import VisionLanguageModel
+from megatron_ext.core.weights import load_weights
+from megatron_ext.hf.vision_tower import VisionTower
 from megatron_ext.methods.registry import get_method, method_names
 from megatron_ext.methods.spec import MethodSpec
-from megatron_ext.training.checkpoint import load_weights
 from megatron_ext.training.config import ConfigError, TrainConfig
-from megatron_ext.training.stages import GROUPS
-from megatron_ext.vision_tower import VisionTower
+from megatron_ext.training.pipeline_balance import default_stage_layers
 
 
 def train_dtype(cfg: TrainConfig) -> torch.dtype:
@@ -32,8 +33,6 @@ def config_overrides(cfg: TrainConfig, spec: MethodSpec | None = None) -> dict:
         # TE adds weight gradients straight into Megatron DDP's fp32 main_grad (no extra buffer)
         out["gradient_accumulation_fusion"] = True
     if cfg.parallel.pipeline > 1:
-        from megatron_ext.training.pipeline_balance import default_stage_layers
-
         preset = resolve_preset(cfg.model.preset)
         spec = spec or get_method(cfg.model.method)
         try:

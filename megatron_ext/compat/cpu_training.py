@@ -1,6 +1,6 @@
 """CPU adapters for Megatron-Core's DDP, optimizers and gradient clipping (dev/CI only).
 
-megatron_ext/compat/cpu.py covers the model and the pipeline schedule. The training pieces assume
+compat/cpu.py covers the model and the pipeline schedule. The training pieces assume
 CUDA in a few more places that have nothing to do with the math: `device="cuda"` scalars in
 optimizer.py / clip_grads.py / param_and_grad_buffer.py, and the distributed optimizer's
 `param.type() == 'torch.cuda.FloatTensor'` dispatch. `install()` routes the former to the CPU;

@@ -1,4 +1,5 @@
-"""State-dict layouts: TP sharding of a full (TP=1) state dict for one rank."""
+"""Test helper: TP sharding of a full (TP=1) state dict for one rank, the reference the parallel
+model tests load into each rank."""
 
 from __future__ import annotations
 

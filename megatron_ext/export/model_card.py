@@ -2,10 +2,10 @@
 stages with their steps, from the run directories' resolved configs and metrics), on what data
 (the pipeline's manifest), how it scored (a `python -m megatron_ext.evaluate` results.json, when
 given) and how to prompt it, with the Hugging Face metadata (license, pipeline tag) in its YAML
-header. megatron_ext/export.py writes it into every export; after an evaluation, rewrite it with
+header. export/folder.py writes it into every export; after an evaluation, rewrite it with
 the scores:
 
-    python -m megatron_ext.model_card EXPORT --run RUN_DIR --evaluation results.json
+    python -m megatron_ext.export.model_card EXPORT --run RUN_DIR --evaluation results.json
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _scores(results: Optional[Path], name: str) -> str:
     if results is None:
         return ("No evaluation was given when this card was written. Score the export with "
                 "`python -m megatron_ext.evaluate EXPORT --out DIR`, then rewrite this card with "
-                "`python -m megatron_ext.model_card EXPORT --run RUN_DIR --evaluation DIR/results.json`.\n")
+                "`python -m megatron_ext.export.model_card EXPORT --run RUN_DIR --evaluation DIR/results.json`.\n")
     model, r = _evaluation(results, name)
     vqa, captions, text = r.get("vqa") or {}, r.get("captions") or {}, r.get("text") or {}
     rows = [("easy-VQA greedy accuracy, matched images", (vqa.get("greedy") or {}).get("matched")),

@@ -21,6 +21,17 @@ _TOWERS = {"siglip_vision_model": "SiglipVisionModel", "siglip": "SiglipVisionMo
            "aimv2_vision_model": "Aimv2VisionModel", "aimv2": "Aimv2VisionModel"}
 _OWN = {"efficientnet_lite": "megatron_ext.hf.efficientnet:EfficientNetLite"}  # not in transformers
 
+# SigLIP/CLIP-style normalisation; a vision tower with other statistics passes its own
+MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+def tower_pixel_stats(tower_dir) -> tuple[tuple, tuple]:
+    """(mean, std) of a vision tower's image processor (its directory's preprocessor_config.json);
+    mean = std = 0.5 where it has none."""
+    path = Path(tower_dir) / "preprocessor_config.json"
+    stats = json.loads(path.read_text()) if path.is_file() else {}
+    return tuple(stats.get("image_mean", MEAN)), tuple(stats.get("image_std", STD))
+
 
 class VisionTower(nn.Module):
     """Wraps a transformers vision model; forward(**processor_outputs) -> (batch, tokens, width).

@@ -1,0 +1,3 @@
+from megatron_ext.export.cli import main
+
+main()
