@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from megatron_ext.data import easyvqa
+from megatron_ext.data.loader import pixel_stats
 from megatron_ext.data.shards import decode_image
+from megatron_ext.methods import get_method
 from megatron_ext.training.config import load_config
 from mainjob.settings import train_config
 
@@ -42,10 +44,8 @@ def labelled(samples) -> tuple[list, torch.Tensor]:
 
 def method_pixels(method: str, assets: Path, paths: list) -> tuple[tuple, tuple, torch.Tensor]:
     """(mean, std, pixels) exactly as the method's S1 loader normalises them."""
-    from megatron_ext.data.loader import pixel_stats
-
     cfg = load_config(str(train_config(method, "s1")), [f"model.vision_weights={assets / 'efficientnet-lite0'}"])
-    mean, std = pixel_stats(cfg)
+    mean, std = pixel_stats(cfg, get_method(method))
     px = torch.stack([decode_image(Path(p).read_bytes(), IMAGE_SIZE, mean, std) for p in paths])
     return mean, std, px
 

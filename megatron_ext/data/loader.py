@@ -17,7 +17,7 @@ from megatron_ext.data.shards import ShardDataset
 from megatron_ext.data.synthetic import SyntheticFeaturePairs
 from megatron_ext.data.text import build_tokenizer
 from megatron_ext.hf.vision_tower import MEAN, STD, tower_pixel_stats
-from megatron_ext.methods import MethodSpec, get_method
+from megatron_ext.methods import MethodSpec
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,11 @@ def image_tokens(cfg, preset: dict, spec: MethodSpec) -> int:
     return spec.image_tokens(cfg, preset)
 
 
-def pixel_stats(cfg, spec: MethodSpec | None = None) -> tuple[tuple, tuple]:
+def pixel_stats(cfg, spec: MethodSpec) -> tuple[tuple, tuple]:
     """(mean, std) the loaders normalise with: the method's own where its spec has them (VoRA's
     pixels feed its own patch embedding, whose teacher re-normalises: 0.5), else the vision
     tower's (its directory's preprocessor_config.json), so that a CLIP tower sees CLIP's
-    statistics in training as in the export; mean = std = 0.5 without one. Without a spec,
-    model.method's (bench/fourway_probe.py asks with a config alone)."""
-    spec = spec or get_method(cfg.model.method)
+    statistics in training as in the export; mean = std = 0.5 without one."""
     if spec.pixel_stats is not None:
         return spec.pixel_stats(cfg)
     if not cfg.model.vision_weights:
