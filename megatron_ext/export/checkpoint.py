@@ -74,7 +74,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir
         model = VisionLanguageModel(model, VisionTower.from_pretrained(vision_dir), model.all_equipped,
                                     train_vision=False)
     if cfg.data.kind != "synthetic":  # trained on pixels: export exactly the loader's preprocessing
-        image_processor = training_image_processor(cfg, image_processor_dir, spec)
+        image_processor = training_image_processor(cfg, spec, image_processor_dir)
     else:  # trained on features: the encoder's own processor
         image_processor = AutoImageProcessor.from_pretrained(image_processor_dir or vision_dir)
     log.info("exporting %s (%s, step directory %s)", run_dir, cfg.model.method, path.name)
@@ -85,7 +85,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir
     return out
 
 
-def training_image_processor(cfg, given_dir: str | None = None, spec: MethodSpec | None = None):
+def training_image_processor(cfg, spec: MethodSpec, given_dir: str | None = None):
     """The training loader's preprocessing as an image processor: resize to data.image_size
     (bicubic), scale to [0, 1], normalise with the loader's statistics (megatron_ext/data/loader.py
     pixel_stats: the tower's own; 0.5 for VoRA). A given processor that differs is reported and

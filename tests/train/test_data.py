@@ -181,5 +181,5 @@ def test_pixels_use_the_towers_statistics_and_the_export_preprocesses_exactly_li
     batch = loader.next_microbatch()
     uid = int(_caption_ids(batch)[0].split()[-1])
     image = Image.open(io.BytesIO(_jpg((uid * 20 % 255, 0, 0))))
-    exported = training_image_processor(cfg, str(tower))(image, return_tensors="pt")["pixel_values"]
+    exported = training_image_processor(cfg, get_method("vlora"), str(tower))(image, return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(exported, batch["pixel_values"], atol=2e-6, rtol=0)
