@@ -37,3 +37,15 @@ def run_distributed(fn, world_size: int = 2, **kwargs) -> list:
                            nprocs=world_size, start_method="spawn")
         return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False)
                 for r in range(world_size)]
+
+
+def _each(rank: int, workers: dict) -> dict:
+    return {name: fn(rank) for name, fn in workers.items()}
+
+
+def run_distributed_each(workers: dict, world_size: int = 2) -> dict:
+    """{name: fn(rank)} run one after the other in the same N processes (each fn sets up its own
+    parallel groups): starting the processes costs more than a tiny model's work, so a module
+    spawns once for all its layouts. -> {name: [each rank's result]}"""
+    ranks = run_distributed(_each, world_size=world_size, workers=workers)
+    return {name: [r[name] for r in ranks] for name in workers}

@@ -4,12 +4,14 @@ it (python -m mainjob.run): the artefacts on disk, not just the exit status."""
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mainjob.settings import METHODS
 
@@ -28,8 +30,14 @@ def _main_job(out: Path, method: str):
 
 
 @pytest.fixture(scope="module")
-def main_job(tmp_path_factory):
-    return _main_job(tmp_path_factory.mktemp("main"), "rose")
+def main_job(tmp_path_factory, smollm2_dir, efficientnet_dir):
+    """The ROSE job, on the suite's converted SmolLM2 and EfficientNet (the same convert() the job
+    runs, which skips a complete folder): one conversion per session, not two."""
+    out = tmp_path_factory.mktemp("main")
+    (out / "assets").mkdir()
+    (out / "assets" / "smollm2-135m-instruct").symlink_to(smollm2_dir)
+    (out / "assets" / "efficientnet-lite0").symlink_to(efficientnet_dir)
+    return _main_job(out, "rose")
 
 
 def test_every_url_is_accounted_for_and_the_shards_hold_the_kept_samples(main_job):
@@ -66,8 +74,6 @@ def test_every_url_is_accounted_for_and_the_shards_hold_the_kept_samples(main_jo
 def test_each_stage_trained_data_parallel_and_the_loss_fell(main_job):
     """torchrun -m megatron_ext.train per stage: the run directory (resolved config, checkpoint
     pointer, metrics.jsonl, offline wandb run), warmup then cosine, and the loss."""
-    import yaml
-
     run, summary, _ = main_job
     stages = {r["stage"]: r for r in summary["stages"]}
     assert list(stages) == ["s1", "s2", "s3"]
@@ -129,9 +135,16 @@ def test_the_export_answers_a_held_out_question_and_merged_weights_agree(main_jo
     from PIL import Image
     from transformers import AutoModelForCausalLM, AutoProcessor
 
-    _, summary, stdout = main_job
+    run, summary, stdout = main_job
     h = summary["held_out"]
     assert h["tokens"] and h["answer"]
+    # the export records how its last stage trained (the evaluation prompts with it), readable by all
+    data = yaml.safe_load((run / "train" / "s3" / "config.yaml").read_text())["data"]
+    training = json.loads((Path(summary["export"]) / "config.json").read_text())["paramvision_training"]
+    assert training == {"task": "qa", "prompt": data["prompt"], "image_size": data["image_size"]}
+    for f in Path(summary["export"]).iterdir():
+        if f.is_file():
+            assert stat.S_IMODE(f.stat().st_mode) & 0o644 == 0o644, f
     # merge_vision: a plain Llama (SmolLM2's architecture) with the image in its weights; same
     # logits along the answer, same greedy tokens
     assert h["merged_class"] == "LlamaForCausalLM" and h["merged_max_logit_diff"] < 1e-3
@@ -186,8 +199,8 @@ def test_the_readme_shows_the_commands_the_main_job_ran(main_job):
 def test_the_method_switch_trains_exports_and_answers_on_the_same_data(main_job, method):
     """--method: the same data, the method's own stages, an export that answers, scored on the same
     questions against the same prior. Accuracy is asserted for ROSE only: at --size smallest
-    (60 S1 steps) the others have not all left the prior yet (2026-12-02: LLaVA 0.765, VLoRA 0.645,
-    VoRA 0.700 against 0.660); bench.fourway compares the four at the default size."""
+    the others have not all left the prior yet (2026-12-02, 60 S1 steps and 200 questions: LLaVA
+    0.765, VLoRA 0.645, VoRA 0.700 against 0.660); bench.fourway compares the four at the default size."""
     rose_run, rose, _ = main_job
     run, summary, stdout = _main_job(rose_run.parent, method)
     assert summary["data"] == rose["data"] and "data pipeline already complete" in stdout

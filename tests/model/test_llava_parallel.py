@@ -4,9 +4,17 @@ sharded give the TP=1/PP=1 logits, losses and gradients (projector, vision tower
 import pytest
 import torch
 
-from distributed import run_distributed
+from distributed import run_distributed_each
 
 pytestmark = pytest.mark.multiproc
+
+
+@pytest.fixture(scope="module")
+def layouts():
+    """TP=2 and PP=2 in one spawn of the two processes."""
+    return run_distributed_each(dict(tp=_tp_worker, pp=_pp_worker))
+
+
 MICROBATCHES = 3
 
 
@@ -50,8 +58,8 @@ def _tp_worker(rank):
                 ref_grads=shard_for_rank(ref_grads, model, tp_rank, 2))
 
 
-def test_tensor_parallel_2_equals_1():
-    for r in run_distributed(_tp_worker, world_size=2):
+def test_tensor_parallel_2_equals_1(layouts):
+    for r in layouts["tp"]:
         torch.testing.assert_close(r["logits"], r["ref_logits"], atol=1e-5, rtol=1e-5)
         assert set(r["grads"]) == set(r["ref_grads"])
         for name, g in r["ref_grads"].items():  # projector and tower replicated, the LLM sharded
@@ -81,8 +89,8 @@ def _pp_worker(rank):
                 has_tower=model.vision is not None, has_projector=model.lm.projector is not None)
 
 
-def test_pipeline_parallel_2_equals_1_through_1f1b():
-    first, last = sorted(run_distributed(_pp_worker, world_size=2), key=lambda r: r["stage"])
+def test_pipeline_parallel_2_equals_1_through_1f1b(layouts):
+    first, last = sorted(layouts["pp"], key=lambda r: r["stage"])
     assert first["has_tower"] and first["has_projector"] and not last["has_tower"] and not last["has_projector"]
     assert first["losses"] == []
     torch.testing.assert_close(torch.stack(last["losses"]), torch.stack(last["ref_losses"]),

@@ -7,9 +7,15 @@ Megatron's groups at TP=2 or PP=2, loads the *same* weights sharded from the ref
 import pytest
 import torch
 
-from distributed import run_distributed
+from distributed import run_distributed_each
 
 pytestmark = pytest.mark.multiproc
+
+
+@pytest.fixture(scope="module")
+def layouts():
+    """TP=2 and PP=2 in one spawn of the two processes."""
+    return run_distributed_each(dict(tp=_tp_worker, pp=_pp_worker))
 
 
 def _reference(rank):
@@ -58,8 +64,8 @@ def _tp_worker(rank):
                 q_grad=q_grad.clone(), emitted=emitted, rotations=rotations)
 
 
-def test_tensor_parallel_2_equals_1():
-    results = run_distributed(_tp_worker, world_size=2)
+def test_tensor_parallel_2_equals_1(layouts):
+    results = layouts["tp"]
     for r in results:
         ref = r["ref"]
         torch.testing.assert_close(r["logits"], ref["logits"], atol=1e-5, rtol=1e-5)
@@ -134,8 +140,8 @@ def _pp_worker(rank):
                 ref_grads=ref_grads, grads=_vrmg_grads(model))
 
 
-def test_pipeline_parallel_2_equals_1_through_1f1b():
-    results = sorted(run_distributed(_pp_worker, world_size=2), key=lambda r: r["stage"])
+def test_pipeline_parallel_2_equals_1_through_1f1b(layouts):
+    results = sorted(layouts["pp"], key=lambda r: r["stage"])
     first, last = results
     assert first["layers"] == [1, 2] and last["layers"] == [3, 4]
     assert first["equipped"] == [2] and last["equipped"] == [4]  # one generator per stage

@@ -126,8 +126,9 @@ def test_rotations_of_builds_every_projection_at_once_like_one_by_one():
     for key, t in T.items():
         torch.testing.assert_close(built[key], cayley_transposed(t, block_size_of(t.shape[-1])),
                                    atol=1e-6, rtol=0)
-    # gradients reach each T through the concatenation
-    Ts = {k: v.clone().double().requires_grad_() for k, v in T.items()}
+    # gradients reach each T through the concatenation (checked on one sample and two blocks of
+    # each: gradcheck's cost grows with inputs x outputs, the concatenation is the same)
+    Ts = {k: v[:1, :2].clone().double().requires_grad_() for k, v in T.items()}
     assert torch.autograd.gradcheck(lambda *ts: tuple(rotations_of(dict(zip(Ts, ts))).values()),
                                     tuple(Ts.values()))
 

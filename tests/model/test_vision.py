@@ -5,7 +5,14 @@ tower gradients are identical on both ranks and equal TP=1."""
 import pytest
 import torch
 
-from distributed import run_distributed
+from distributed import run_distributed_each
+
+
+@pytest.fixture(scope="module")
+def layouts():
+    """TP=2, then PP=2 (whose worker records the feature traffic), in one spawn of the two processes."""
+    return run_distributed_each(dict(tp=_tp_worker, pp=_pp_worker))
+
 
 IMAGE = 32
 
@@ -163,8 +170,8 @@ def test_the_order_check_rejects_both_directions_on_one_channel():
 
 
 @pytest.mark.multiproc
-def test_pp2_features_reach_later_stage_and_tower_gradients_come_back():
-    first, last = sorted(run_distributed(_pp_worker), key=lambda r: r["stage"])
+def test_pp2_features_reach_later_stage_and_tower_gradients_come_back(layouts):
+    first, last = sorted(layouts["pp"], key=lambda r: r["stage"])
     assert first["consumers"] == [1]
     torch.testing.assert_close(torch.stack(last["losses"]), torch.stack(last["ref_losses"]),
                                atol=1e-5, rtol=1e-5)
@@ -202,8 +209,8 @@ def _tp_worker(rank):
 
 
 @pytest.mark.multiproc
-def test_tp2_tower_gradients_are_identical_across_ranks_and_equal_tp1():
-    a, b = run_distributed(_tp_worker)
+def test_tp2_tower_gradients_are_identical_across_ranks_and_equal_tp1(layouts):
+    a, b = layouts["tp"]
     for name in a["grads"]:
         assert torch.equal(a["grads"][name], b["grads"][name]), name
         torch.testing.assert_close(a["grads"][name], a["ref"][name], atol=1e-5, rtol=1e-4, msg=name)

@@ -5,9 +5,15 @@ load the same weights sharded, compare)."""
 import pytest
 import torch
 
-from distributed import run_distributed
+from distributed import run_distributed_each
 
 pytestmark = pytest.mark.multiproc
+
+
+@pytest.fixture(scope="module")
+def layouts():
+    """TP=2 and PP=2 in one spawn of the two processes."""
+    return run_distributed_each(dict(tp=_tp_worker, pp=_pp_worker))
 
 
 def _reference():
@@ -65,8 +71,8 @@ def _tp_worker(rank):
                 shapes=shapes, tp_rank=tp_rank, merged=merged, ref_one_image=ref_one_image)
 
 
-def test_tensor_parallel_2_equals_1():
-    for r in run_distributed(_tp_worker, world_size=2):
+def test_tensor_parallel_2_equals_1(layouts):
+    for r in layouts["tp"]:
         torch.testing.assert_close(r["logits"], r["ref_logits"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(r["merged"], r["ref_one_image"], atol=1e-5, rtol=1e-5)
         assert set(r["grads"]) == set(r["ref_grads"])
@@ -110,8 +116,8 @@ def _pp_worker(rank):
                 gen=_trainable_grads(model.generator), ref_gen=_trainable_grads(ref_model.generator))
 
 
-def test_pipeline_parallel_2_equals_1_through_1f1b():
-    first, last = sorted(run_distributed(_pp_worker, world_size=2), key=lambda r: r["stage"])
+def test_pipeline_parallel_2_equals_1_through_1f1b(layouts):
+    first, last = sorted(layouts["pp"], key=lambda r: r["stage"])
     assert first["layers"] == [1, 2] and last["layers"] == [3, 4]
     assert first["equipped"] == [2] and last["equipped"] == [4]
     assert first["losses"] == []

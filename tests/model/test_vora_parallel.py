@@ -4,9 +4,17 @@ sharded give the TP=1/PP=1 logits, losses and gradients (LoRA A/B shards, embedd
 import pytest
 import torch
 
-from distributed import run_distributed
+from distributed import run_distributed_each
 
 pytestmark = pytest.mark.multiproc
+
+
+@pytest.fixture(scope="module")
+def layouts():
+    """TP=2 and PP=2 in one spawn of the two processes."""
+    return run_distributed_each(dict(tp=_tp_worker, pp=_pp_worker))
+
+
 MICROBATCHES = 3
 
 
@@ -74,8 +82,8 @@ def _tp_worker(rank):
                 distill=distill)
 
 
-def test_tensor_parallel_2_equals_1():
-    for r in run_distributed(_tp_worker, world_size=2):
+def test_tensor_parallel_2_equals_1(layouts):
+    for r in layouts["tp"]:
         torch.testing.assert_close(r["logits"], r["ref_logits"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(r["merged"], r["ref_logits"], atol=1e-5, rtol=1e-5)
         assert r["distill"].keys() == r["ref_distill"].keys() == {1, 2, 3}
@@ -119,8 +127,8 @@ def _pp_worker(rank):
                 distilled=sorted(model.distill_losses))
 
 
-def test_pipeline_parallel_2_equals_1_through_1f1b():
-    first, last = sorted(run_distributed(_pp_worker, world_size=2), key=lambda r: r["stage"])
+def test_pipeline_parallel_2_equals_1_through_1f1b(layouts):
+    first, last = sorted(layouts["pp"], key=lambda r: r["stage"])
     assert first["distilled"] == [1, 2] and last["distilled"] == [3]  # distillation on both stages
     assert first["losses"] == []
     torch.testing.assert_close(torch.stack(last["losses"]), torch.stack(last["ref_losses"]),

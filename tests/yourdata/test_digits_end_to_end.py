@@ -6,10 +6,18 @@ preset (configs/train/main/rose-caption-s1.yaml, validation during training, ste
 ranking the ten captions above chance and above shuffled images by three standard errors, both
 computed by the evaluation from the number of held-out images.
 
-Part of the default suite (issue: a second real data set in the suite): about 6 CPU-minutes
-(12 min wall at load 20-30 on 2 cores, 2026-12-07): the SmolLM2 and EfficientNet conversions (shared
-with the main-job tests, or the folders in $PARAMVISION_SMOLLM2 / $PARAMVISION_EFFICIENTNET), a local
-Ray, about 40 steps of a 135M model, 60 held-out images x 10 captions x 2."""
+Behind `-m slow` (bash scripts/test.sh -m slow): it took 274 s of a suite run on 2 cores (430 s
+loaded), where the default suite must stay under 15 minutes (issue 25), and it cannot shrink: its
+60 held-out images pass the bound over shuffled images by about one image (0.30 against
+0.067 + 3 x 0.071 on 2026-12-07); fewer steps or images would make that luck. The default suite asserts the same behaviour in faster tests: a real model
+that sees, above computed baselines by three standard errors, on held-out real images, and an
+export that records its training prompt, readable by all (tests/mainjob); file:// URLs and the
+held-out split through the pipeline (tests/pipeline/test_pipeline_validation_split.py);
+validation with right and shuffled images and steps from epochs (tests/train/test_validation_epochs.py);
+label accuracy by caption ranking with its controls, through the CLI on an export
+(tests/eval/test_evaluate_any_data.py). Its cost: the SmolLM2 and EfficientNet conversions
+(shared with the main-job tests, or the folders in $PARAMVISION_SMOLLM2 / $PARAMVISION_EFFICIENTNET),
+a local Ray, about 40 steps of a 135M model, 60 held-out images x 10 captions x 2."""
 
 import json
 import os
@@ -20,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = "a photo of the digit {}"
 
