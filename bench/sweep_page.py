@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from bench.fourway_page import NAMES
+from bench.sweep import selection_score
 
 BEGIN, END = "<!-- bench.sweep_page: begin -->", "<!-- bench.sweep_page: end -->"
 INFERENCE_COST = Path(__file__).resolve().parent.parent / "docs" / "results" / "inference_cost.json"
@@ -40,37 +41,40 @@ def _loss_tail(result: dict, last: int = 10) -> float | None:
 
 def grid_rows(doc: dict) -> list[str]:
     rows = ["| method | knob | S1 peak rate | seed | done | S1 loss (mean of last 10 steps) | validation accuracy | "
-            "shape | colour | yes/no | yes/no balanced | S1 steps' time (min) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "shape | colour | yes/no | yes/no balanced | score (chooses) | S1 steps' time (min) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     prior = None
     for c in doc["cells"]:
         if c["phase"] != "grid":
             continue
         knob = f"{c['knob']}={c['value']}"
         if not c["done"]:
-            rows.append(f"| {NAMES[c['method']]} | {knob} | {c['rate']:g} | {c['seed']} | no | | | | | | | |")
+            rows.append(f"| {NAMES[c['method']]} | {knob} | {c['rate']:g} | {c['seed']} | no | | | | | | | | |")
             continue
         r, v = c["result"], c["result"]["validation"]
         prior = prior or v.get("prior")
         k = v["kinds"]
         rows.append(f"| {NAMES[c['method']]} | {knob} | {c['rate']:g} | {c['seed']} | yes | {_f(_loss_tail(r))} | "
                     f"{_f(v['accuracy'])} | {_f(k['shape']['accuracy'])} | {_f(k['colour']['accuracy'])} | "
-                    f"{_f(k['yes/no']['accuracy'])} | {_f(v['yes_no_balanced'])} | {_f(r['stages']['s1'].get('step_s', 0) / 60, 1)} |")
+                    f"{_f(k['yes/no']['accuracy'])} | {_f(v['yes_no_balanced'])} | {_f(selection_score(v))} | "
+                    f"{_f(r['stages']['s1'].get('step_s', 0) / 60, 1)} |")
     if prior:
         k = prior["kinds"]
         rows.append(f"| question-only prior | | | | | | {_f(prior['accuracy'])} | {_f(k['shape']['accuracy'])} | "
-                    f"{_f(k['colour']['accuracy'])} | {_f(k['yes/no']['accuracy'])} | {_f(prior['yes_no_balanced'])} | |")
+                    f"{_f(k['colour']['accuracy'])} | {_f(k['yes/no']['accuracy'])} | {_f(prior['yes_no_balanced'])} | "
+                    f"{_f(selection_score(prior))} | |")
     return rows
 
 
 def final_rows(doc: dict) -> list[str]:
-    rows = ["| method | chosen (validation accuracy; finished grid cells of the method) | test accuracy | "
+    rows = ["| method | chosen (validation score; finished grid cells of the method) | test accuracy | "
             "shuffled images | prior | shape | colour | yes/no | yes/no balanced |", "|---|---|---|---|---|---|---|---|---|"]
     for m, c in doc["choice"].items():
         f = doc["final"].get(m, {})
         k = f.get("kinds", {})
         cells = [x for x in doc["cells"] if x["phase"] == "grid" and x["method"] == m]
         done = sum(x["done"] for x in cells)
-        rows.append(f"| {NAMES[m]} | lr {c['rate']:g}, {c['knob']}={c['value']} ({c['validation_accuracy']:.3f}; "
+        rows.append(f"| {NAMES[m]} | lr {c['rate']:g}, {c['knob']}={c['value']} ({c['validation_score']:.3f}; "
                     f"{done} of {len(cells)}{'' if done == len(cells) else ': provisional'}) | "
                     f"{_ms(f.get('matched'))} | {_ms(f.get('shuffled'))} | {_ms(f.get('prior'))} | "
                     f"{_ms(k.get('shape'))} | {_ms(k.get('colour'))} | {_ms(k.get('yes/no'))} | "

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from bench import sweep
-from bench.sweep_eval import per_kind
+from bench.sweep_eval import KINDS, per_kind
 
 
 class FakeRunner:
@@ -32,8 +32,9 @@ class FakeRunner:
         scored = per_kind(["yes", "yes", "red", "square"], truths, ["is there a red shape?", "is there a blue shape?",
                                                                     "what color is the shape?", "what shape is this?"])
         common = dict(stages={"s1": dict(steps=2, step_s=1.0, loss=[1.0, 0.5])}, wall_s=1.0)
-        if cell.phase == "grid":
-            return dict(common, validation=dict(scored, accuracy=acc, prior=scored))
+        if cell.phase == "grid":  # every kind read as well as the whole
+            return dict(common, validation=dict(scored, accuracy=acc, prior=scored, yes_no_balanced=acc,
+                                                kinds={k: dict(n=1, accuracy=acc) for k in KINDS}))
         return dict(common, test=dict(matched=dict(scored, accuracy=acc), shuffled=dict(scored, accuracy=0.4),
                               prior=dict(scored, accuracy=0.3)))
 
@@ -101,6 +102,21 @@ def test_sweep_runs_chooses_by_validation_and_resumes(tmp_path):
     third = FakeRunner()
     sweep.sweep(out, methods, "all", [1, 2], third, js)
     assert third.ran == []
+
+
+def test_the_choice_reads_every_kind_not_the_yes_no_coin():
+    """A cell that is ahead overall only by guessing more yes/no right loses to one that reads colour."""
+    def validation(accuracy, colour, yes_no_balanced):
+        return dict(accuracy=accuracy, yes_no_balanced=yes_no_balanced,
+                    kinds={"shape": dict(accuracy=1.0), "colour": dict(accuracy=colour), "yes/no": dict(accuracy=0.5)})
+
+    lucky, reader = sweep.grid_cells(["vlora"])[:2]
+    results = {lucky.name: dict(validation=validation(0.52, 0.06, 0.51)),
+               reader.name: dict(validation=validation(0.50, 0.30, 0.50))}
+    choice = sweep.choose(results, [lucky, reader])["vlora"]
+    assert (choice["rate"], choice["value"]) == (reader.rate, reader.value)
+    assert choice["validation_score"] == pytest.approx((1.0 + 0.30 + 0.50) / 3)
+    assert choice["validation_accuracy"] == pytest.approx(0.50)
 
 
 def test_sweep_of_some_methods_lists_all(tmp_path):
