@@ -23,8 +23,9 @@ log = logging.getLogger("mainjob.training")
 
 
 def stage_steps(config: Path, size: Size) -> int:
-    steps = yaml.safe_load(config.read_text())["train"]["steps"]
-    return max(2, round(steps * size.steps_scale))
+    train = yaml.safe_load(config.read_text())["train"]
+    later = train["stage"] != "s1" and size.later_steps_scale is not None
+    return max(2, round(train["steps"] * (size.later_steps_scale if later else size.steps_scale)))
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
