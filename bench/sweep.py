@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import machine_load
-from bench.sweep_eval import from_predictions, score_export, validation_questions
+from bench.sweep_eval import from_predictions, score_export, selection_score, validation_questions
 from mainjob.settings import METHODS, SIZES, train_config
 
 log = logging.getLogger("bench.sweep")
@@ -113,15 +113,6 @@ def final_cells(choice: dict, seeds) -> list[Cell]:
 def load_done(root: Path, cell: Cell) -> dict | None:
     done = root / cell.name / "done.json"
     return json.loads(done.read_text()) if done.is_file() else None
-
-
-def selection_score(validation: dict) -> float:
-    """What the grid chooses by: the mean of the accuracy on shape, the accuracy on colour and the
-    balanced accuracy on yes/no. The plain accuracy is 73% yes/no questions, which every cell so far
-    answers near chance: its differences between cells were mostly that coin (one standard error
-    0.03 on 258 questions), not image reading (docs/RESULTS.md, "The choice")."""
-    k = validation["kinds"]
-    return statistics.fmean([k["shape"]["accuracy"], k["colour"]["accuracy"], validation["yes_no_balanced"]])
 
 
 def choose(results: dict, cells: list[Cell]) -> dict:

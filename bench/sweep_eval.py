@@ -10,6 +10,8 @@ question-only prior included (the plain yes/no accuracy of the prior is 0.83).""
 
 from __future__ import annotations
 
+import statistics
+
 from mainjob.data import template
 from megatron_ext.evaluate.vqa import Question, QuestionPrior, normalize
 
@@ -51,6 +53,15 @@ def per_kind(answers: list[str], truths: list[str], questions: list[str]) -> dic
     out["yes_no_balanced"] = sum(balanced.values()) / len(balanced) if balanced else None
     out["yes_no_templates"] = len(balanced)
     return out
+
+
+def selection_score(validation: dict) -> float:
+    """What the grid chooses by: the mean of the accuracy on shape, the accuracy on colour and the
+    balanced accuracy on yes/no. The plain accuracy is 73% yes/no questions, which every cell so far
+    answers near chance: its differences between cells were mostly that coin (one standard error
+    0.03 on 258 questions), not image reading (docs/RESULTS.md, "The choice")."""
+    k = validation["kinds"]
+    return statistics.fmean([k["shape"]["accuracy"], k["colour"]["accuracy"], validation["yes_no_balanced"]])
 
 
 def prior_answers(questions: list[Question]) -> list[str]:

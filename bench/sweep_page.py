@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from bench.fourway_page import NAMES
-from bench.sweep import selection_score
+from bench.sweep_eval import selection_score
 
 BEGIN, END = "<!-- bench.sweep_page: begin -->", "<!-- bench.sweep_page: end -->"
 INFERENCE_COST = Path(__file__).resolve().parent.parent / "docs" / "results" / "inference_cost.json"
