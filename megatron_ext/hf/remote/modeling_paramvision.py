@@ -185,7 +185,19 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
 
     def conditioning(self, pixel_values, **vision_inputs) -> dict:
         """{(layer, projection or weight type): R^T blocks (ROSE: (batch, blocks, b, b), fp32) or
-        W_v (VLoRA)} for these images."""
+        W_v (VLoRA)} for these images.
+
+        An image repeated in the batch (several questions about one image, batched together) is
+        encoded and turned into its conditioning once, then indexed: the same values, a fraction of
+        the vision work (the encoder, the generator and the rotations' factorisations)."""
+        if not vision_inputs and pixel_values.shape[0] > 1:
+            unique, index = torch.unique(pixel_values.flatten(1), dim=0, return_inverse=True)
+            if unique.shape[0] < pixel_values.shape[0]:
+                once = self._conditioning_of(unique.reshape(-1, *pixel_values.shape[1:]))
+                return {k: v.index_select(0, index) for k, v in once.items()}
+        return self._conditioning_of(pixel_values, **vision_inputs)
+
+    def _conditioning_of(self, pixel_values, **vision_inputs) -> dict:
         features = self.visual_features(pixel_values, **vision_inputs)
         if self.config.method == "rose":  # every rotation of every layer built at once, per image
             return rotations_of(self.vrmg(features))
