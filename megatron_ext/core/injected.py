@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from megatron.core import parallel_state
 from megatron.core.enums import ModelType
-from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_ext.core.context import ConditionedLayer, ConditioningContext
+from megatron_ext.core.loss_positions import LossPositionsGPTModel
 from megatron_ext.core.specs import decoder_block_spec, resolve_backend, stage_layers
 
 
@@ -39,7 +39,7 @@ class InjectedGPTModel(MegatronModule):
         self.all_equipped = sorted(equipped_layers)  # every stage's, for the feature exchange
         self.equipped = [l for l in self.all_equipped if l in here]
         spec = decoder_block_spec(config, self.backend, self.equip, set(self.equipped))
-        self.language_model = GPTModel(
+        self.language_model = LossPositionsGPTModel(
             config, spec, vocab_size, max_sequence_length, pre_process=self.pre_process,
             post_process=self.post_process, position_embedding_type="rope", rotary_base=rotary_base,
             share_embeddings_and_output_weights=share_embeddings_and_output_weights,

@@ -30,8 +30,9 @@ def forward_step_func(nan: bool = False):
         # the rest of the batch is what the method's model takes by name: visual_features, or
         # pixel_values (and image_mask where the image's tokens are in the sequence)
         inputs = {k: v for k, v in b.items() if k not in _TEXT_KEYS}
-        out = model(b["input_ids"], b["position_ids"], None, labels=b["labels"], **inputs)
         mask = b["loss_mask"]
+        # the mask goes in too: the output layer runs only where the loss reads (core/loss_positions.py)
+        out = model(b["input_ids"], b["position_ids"], None, labels=b["labels"], loss_mask=mask, **inputs)
 
         def loss_func(per_token):
             loss = (per_token.float() * mask).sum() / mask.sum().clamp(min=1)
