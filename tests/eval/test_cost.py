@@ -25,11 +25,10 @@ def _counted_gflops(model, **inputs) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def test_vlora_cost_counts_the_image_path_on_top_of_the_text(tmp_path_factory, megatron_single_process, question):
-    from eval_helpers import write_blind_export
+def test_vlora_cost_counts_the_image_path_on_top_of_the_text(blind_vlora_export, question):
     from megatron_ext.evaluate.scorer import ExportScorer
 
-    scorer = ExportScorer(write_blind_export(tmp_path_factory.mktemp("eval") / "vlora-step0", "vlora"))
+    scorer = ExportScorer(blind_vlora_export)
     cost = sample_cost(scorer, question.text, question.image_path, question.answer)
     assert cost["visual_tokens"] == 4 and not cost["visual_in_sequence"]  # 32 px / 16-px patches
     batch = scorer._inputs([scorer.prompt(question.text) + question.answer + scorer.end_of_turn],

@@ -5,16 +5,16 @@ encoder run on the distinct images only."""
 import pytest
 import torch
 
-from eval_helpers import write_blind_export
 from megatron_ext.evaluate.scorer import ExportScorer
 from megatron_ext.evaluate.vqa import heldout_questions
 
 HEADS = (".to_T.", ".to_W_v.")  # the zero-initialised last layers of ROSE's and VLoRA's generators
 
 
-@pytest.fixture(scope="module", params=["rose", "vlora"])
-def seeing(request, tmp_path_factory, megatron_single_process):
-    scorer = ExportScorer(write_blind_export(tmp_path_factory.mktemp("repeat") / request.param, request.param))
+@pytest.fixture(scope="module", params=["blind_export", "blind_vlora_export"])
+def seeing(request):
+    """The session's ROSE or VLoRA export from initialisation, its heads given weights here."""
+    scorer = ExportScorer(request.getfixturevalue(request.param))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # weights for the zero-initialised heads: the image changes the model
         for name, p in sorted(scorer.model.named_parameters()):
