@@ -126,6 +126,10 @@ def test_export_cli_from_a_tp2_or_pp2_checkpoint_holds_the_trained_weights(train
     assert "| s1 | 3 / 3 | 8 |" in card and str(root / "run") in card
 
 
+# a Python start with Megatron's imports for one line: tests/errors/test_export_errors.py::test_export_mistake
+# [no-checkpoint-inside] asserts this line (and its exit code 2) from the same CLI main, and the
+# test above runs `python -m megatron_ext.export` itself
+@pytest.mark.slow
 def test_export_cli_errors_are_clear(tmp_path):
     r = subprocess.run([sys.executable, "-m", "megatron_ext.export", "--checkpoint", str(tmp_path),
                         "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT)
