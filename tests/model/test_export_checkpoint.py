@@ -3,16 +3,18 @@ runs: the export (loaded at TP=1, PP=1 through dist_checkpointing's resharding) 
 trained model's weights (the TP shards gathered, the pipeline stages joined: the TP=1 model), and
 transformers loads it."""
 
+import functools
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from distributed import run_distributed
+from distributed import run_distributed_each
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 IMAGE = 32
+LAYOUTS = {"tp2": "parallel.tensor=2", "pp2": "parallel.pipeline=2"}
 
 
 def _train(rank, run_dir, layout):
@@ -49,9 +51,8 @@ def _train(rank, run_dir, layout):
     return full
 
 
-def _trained(root, layout):
+def _joined(ranks):
     """The full trained weights: TP ranks hold the same full tensors; pipeline stages are joined."""
-    ranks = run_distributed(_train, world_size=2, run_dir=str(root / "run"), layout=layout)
     full = {}
     for r in ranks:
         for name, t in r.items():
@@ -74,12 +75,20 @@ def _assets(root):
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[UNK]").save_pretrained(root / "tok")
 
 
-@pytest.fixture(scope="module", params=["parallel.tensor=2", "parallel.pipeline=2"], ids=["tp2", "pp2"])
-def trained_run(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(request.param.split(".")[1].split("=")[0])
-    full = _trained(root, request.param)
-    _assets(root)
-    return root, full
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+    """Both layouts trained in one spawn of the two processes: {layout: (root, full weights)}."""
+    roots = {name: tmp_path_factory.mktemp(name) for name in LAYOUTS}
+    ranks = run_distributed_each({name: functools.partial(_train, run_dir=str(roots[name] / "run"), layout=layout)
+                                  for name, layout in LAYOUTS.items()})
+    for root in roots.values():
+        _assets(root)
+    return {name: (roots[name], _joined(ranks[name])) for name in LAYOUTS}
+
+
+@pytest.fixture(params=list(LAYOUTS))
+def trained_run(request, trained_runs):
+    return trained_runs[request.param]
 
 
 def test_export_cli_from_a_tp2_or_pp2_checkpoint_holds_the_trained_weights(trained_run):
@@ -117,6 +126,10 @@ def test_export_cli_from_a_tp2_or_pp2_checkpoint_holds_the_trained_weights(train
     assert "| s1 | 3 / 3 | 8 |" in card and str(root / "run") in card
 
 
+# a Python start with Megatron's imports for one line: tests/errors/test_export_errors.py::test_export_mistake
+# [no-checkpoint-inside] asserts this line (and its exit code 2) from the same CLI main, and the
+# test above runs `python -m megatron_ext.export` itself
+@pytest.mark.slow
 def test_export_cli_errors_are_clear(tmp_path):
     r = subprocess.run([sys.executable, "-m", "megatron_ext.export", "--checkpoint", str(tmp_path),
                         "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT)

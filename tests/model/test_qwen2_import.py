@@ -1,12 +1,13 @@
 """Qwen2 checkpoints into Megatron: logits equal transformers' Qwen2ForCausalLM (an independent
 implementation) at TP=1, TP=2 and PP=2; clear errors for bad checkpoints."""
 
+import functools
 import json
 
 import pytest
 import torch
 
-from distributed import run_distributed
+from distributed import run_distributed_each
 from hf_helpers import hf_logits, write_qwen2
 
 
@@ -72,7 +73,7 @@ def _parallel_worker(rank, path, tp, pp):
     model, lm = _build(path, "rose", tp)
     load_llm(lm, path)
     ids = torch.randint(0, 250, (2, 20), generator=torch.Generator().manual_seed(0))
-    vis = torch.randn(2, 5, 48)
+    vis = torch.randn(2, 5, 48, generator=torch.Generator().manual_seed(0))
     pos = torch.arange(20).expand_as(ids)
     with torch.no_grad():
         if pp == 1:
@@ -91,13 +92,22 @@ def _parallel_worker(rank, path, tp, pp):
     return None if out is None else out[..., :250]
 
 
+LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2)}
+
+
+@pytest.fixture(scope="module")
+def parallel_logits(qwen2_dir):
+    """Each layout's logits from every rank, both layouts in one spawn of the two processes."""
+    return run_distributed_each({name: functools.partial(_parallel_worker, path=qwen2_dir, tp=tp, pp=pp)
+                                 for name, (tp, pp) in LAYOUTS.items()})
+
+
 @pytest.mark.multiproc
-@pytest.mark.parametrize("tp, pp", [(2, 1), (1, 2)])
-def test_parallel_import_logits_equal_transformers(qwen2_dir, tp, pp):
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_parallel_import_logits_equal_transformers(qwen2_dir, parallel_logits, layout):
     ids = torch.randint(0, 250, (2, 20), generator=torch.Generator().manual_seed(0))
     ref = hf_logits(qwen2_dir, ids)
-    outs = [o for o in run_distributed(_parallel_worker, world_size=2, path=qwen2_dir, tp=tp, pp=pp)
-            if o is not None]
+    outs = [o for o in parallel_logits[layout] if o is not None]
     assert outs
     for out in outs:
         assert (out - ref).abs().max() < 1e-4

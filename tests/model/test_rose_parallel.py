@@ -7,15 +7,15 @@ Megatron's groups at TP=2 or PP=2, loads the *same* weights sharded from the ref
 import pytest
 import torch
 
-from distributed import run_distributed_each
+import parallel_helpers
 
 pytestmark = pytest.mark.multiproc
 
 
 @pytest.fixture(scope="module")
 def layouts():
-    """TP=2 and PP=2 in one spawn of the two processes."""
-    return run_distributed_each(dict(tp=_tp_worker, pp=_pp_worker))
+    """TP=2 and PP=2, in the spawn the model tests share (parallel_helpers.py)."""
+    return parallel_helpers.layouts(__name__)
 
 
 def _reference(rank):

@@ -5,13 +5,13 @@ tower gradients are identical on both ranks and equal TP=1."""
 import pytest
 import torch
 
-from distributed import run_distributed_each
+import parallel_helpers
 
 
 @pytest.fixture(scope="module")
 def layouts():
-    """TP=2, then PP=2 (whose worker records the feature traffic), in one spawn of the two processes."""
-    return run_distributed_each(dict(tp=_tp_worker, pp=_pp_worker))
+    """TP=2 and PP=2, in the spawn the model tests share (parallel_helpers.py)."""
+    return parallel_helpers.layouts(__name__)
 
 
 IMAGE = 32
@@ -97,7 +97,8 @@ def _tower_grads(model):
 
 
 def _record_feature_traffic(log: list) -> None:
-    """Log every point-to-point message of the feature exchange: (channel, send|recv, peer, numel)."""
+    """Log every point-to-point message of the feature exchange: (channel, send|recv, peer, numel).
+    Returns what stops the logging (the workers of other modules run in the same processes)."""
     from megatron_ext.core import feature_exchange as fx
 
     send, recv = fx._send, fx._recv
@@ -112,6 +113,10 @@ def _record_feature_traffic(log: list) -> None:
 
     fx._send, fx._recv = logged_send, logged_recv
 
+    def stop():
+        fx._send, fx._recv = send, recv
+    return stop
+
 
 def _pp_worker(rank):
     from megatron.core import parallel_state
@@ -119,7 +124,7 @@ def _pp_worker(rank):
     from megatron_ext.parallel import init_parallel
 
     traffic = []
-    _record_feature_traffic(traffic)
+    stop_recording = _record_feature_traffic(traffic)
 
     init_parallel(1, 1)
     ref = _model(train_vision=True)
@@ -141,6 +146,7 @@ def _pp_worker(rank):
             local[k] = full[src]
     model.load_state_dict(local, strict=False)
     losses = _schedule(model, _batches())
+    stop_recording()
     return dict(stage=parallel_state.get_pipeline_model_parallel_rank(), consumers=model.consumers,
                 ref_losses=ref_losses, losses=losses, ref_grads=ref_grads, grads=_tower_grads(model),
                 rank=rank, traffic=traffic)

@@ -3,14 +3,12 @@ alone; a tiny SigLIP frozen) then S2 (projector + tower, from S1's checkpoint), 
 at PP=2 (1F1B; tower and projector on stage 0). Each stage's trainable set parameter by parameter,
 S2 starts from exactly S1's weights, a run killed after a checkpoint resumes to the uninterrupted
 run's losses, throughput counts the visual tokens; and the export path: the real Qwen2.5
-tokenizer, TP=2, S1 -> S2 -> `python -m megatron_ext.export` -> transformers loads it natively
+tokenizer, TP=2, S1 -> S2 -> the export CLI (megatron_ext.export) -> transformers loads it natively
 (LlavaForConditionalGeneration), equal logits, the processor builds training's sequence, generate.
 
 One pair of processes runs every training (Megatron's groups are re-initialised per run)."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -173,13 +171,16 @@ def test_export_cli_loads_natively_with_equal_logits_and_generates(results, tmp_
     from PIL import Image
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+    from megatron_ext.export.cli import main as export_main
+
     root, ranks = results
     for stage in ("s1", "s2"):
         r = ranks[0][("main", stage)]
         assert len(r["losses"]) == 1 and np.isfinite(r["losses"][0]) and r["losses"][0] > 5, r["losses"]
     out = tmp_path / "hf"
-    subprocess.run([sys.executable, "-m", "megatron_ext.export", "--checkpoint", str(root / "main-s2"),
-                    "--out", str(out), "--tokenizer", str(root / "qwen")], check=True, cwd=ROOT)
+    # the CLI's main() in this process: tests/model/test_export_checkpoint.py runs `python -m
+    # megatron_ext.export` itself, and a Python start with Megatron's imports is ~9 core-s
+    export_main(["--checkpoint", str(root / "main-s2"), "--out", str(out), "--tokenizer", str(root / "qwen")])
     model = LlavaForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
     ids, pixels, image_id = _probe(root)
     assert int((ids == image_id).sum()) == VISUAL and bool((ids[0, :VISUAL] == image_id).all())

@@ -1,6 +1,13 @@
 """Kill and resume (CPU, DP=2: each rank's loader position, the distributed optimizer's shards, the
 LR schedule, RNG): a run killed in the middle of a checkpoint save resumes from the previous,
-undamaged checkpoint and reproduces the uninterrupted run's losses bit for bit."""
+undamaged checkpoint and reproduces the uninterrupted run's losses bit for bit. In both formats of
+the optimizer state: the canonical one a CPU run writes, and the one a CUDA run writes (each DP rank
+its own distributed-optimizer shard, Megatron's fully parallel save strategy), which the checkpoint
+records.
+
+A killed save ends its processes, so three spawns of two processes run it all: the uninterrupted
+run, then the run killed in the canonical format; its resume, then the run killed in the CUDA
+format; that one's resume."""
 
 import pytest
 import torch
@@ -10,40 +17,81 @@ from distributed import run_distributed
 from train_helpers import TINY_S1
 
 pytestmark = pytest.mark.multiproc
-STEPS = ["train.steps=6", "checkpoint.every=2", "train.global_batch_size=8",
+# a checkpoint at step 2, the kill in step 4's save, two steps after the resume
+STEPS = ["train.steps=4", "checkpoint.every=2", "optim.warmup_steps=1", "train.global_batch_size=8",
          "train.micro_batch_size=2", "log.wandb=false"]
+KILLED = "debug.die_in_save_at_step=4"
+
+
+def _run(root, name, *extra):
+    from megatron_ext.train import run
+    from megatron_ext.training.config import load_config
+
+    return run(load_config(str(TINY_S1), STEPS + [f"log.run_dir={root / name}", *extra]))
+
+
+def _parallel_format():
+    from megatron_ext.training import checkpoint
+
+    checkpoint._parallel_save = lambda: True  # what torch.cuda.is_available() chooses on a GPU node
 
 
 def _full_then_killed(rank, root):
-    """The uninterrupted run, then the same run killed midway through its step-4 save (two runs in
-    one pair of processes: starting them costs more than training here)."""
-    from megatron_ext.train import run
-    from megatron_ext.training.config import load_config
-
-    full = run(load_config(str(TINY_S1), STEPS + [f"log.run_dir={root / 'full'}"]))
-    torch.save(full, root / f"full{rank}.pt")
-    run(load_config(str(TINY_S1), STEPS + [f"log.run_dir={root / 'cut'}", "debug.die_in_save_at_step=4"]))
+    torch.save(_run(root, "full"), root / f"full{rank}.pt")
+    _run(root, "cut", KILLED)
 
 
-def _resume(rank, root):
-    from megatron_ext.train import run
-    from megatron_ext.training.config import load_config
+def _resume_then_killed_in_parallel_format(rank, root):
+    torch.save(_run(root, "cut"), root / f"resumed{rank}.pt")
+    _parallel_format()
+    _run(root, "cut-parallel", KILLED)
 
-    return run(load_config(str(TINY_S1), STEPS + [f"log.run_dir={root / 'cut'}"]))
+
+def _resume_parallel_format(rank, root):
+    from megatron.core import dist_checkpointing
+
+    _parallel_format()
+    meta = dist_checkpointing.load_content_metadata(str(root / "cut-parallel" / "checkpoints" / "step_000002"))
+    r = _run(root, "cut-parallel")
+    return dict(losses=r["losses"], start=r["start"], meta=meta)
 
 
-def test_save_killed_midway_then_resume_gives_identical_losses(tmp_path):
+def _killed_state(ckpts):
+    """What a save killed midway left: the pointer, and the half-written step-4 directory."""
+    return dict(latest=(ckpts / "latest").read_text().strip(), tmp=(ckpts / "step_000004.tmp").is_dir(),
+                final=(ckpts / "step_000004").exists())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    killed = {}
     with pytest.raises(mp.ProcessExitedException):
-        run_distributed(_full_then_killed, world_size=2, root=tmp_path)
-    ckpts = tmp_path / "cut" / "checkpoints"
-    assert (ckpts / "latest").read_text().strip() == "step_000002"  # the pointer never moved
-    assert (ckpts / "step_000004.tmp").is_dir() and not (ckpts / "step_000004").exists()
+        run_distributed(_full_then_killed, world_size=2, root=root)
+    killed["cut"] = _killed_state(root / "cut" / "checkpoints")
+    with pytest.raises(mp.ProcessExitedException):
+        run_distributed(_resume_then_killed_in_parallel_format, world_size=2, root=root)
+    killed["cut-parallel"] = _killed_state(root / "cut-parallel" / "checkpoints")
+    parallel = run_distributed(_resume_parallel_format, world_size=2, root=root)
+    return dict(root=root, killed=killed, parallel=parallel,
+                full=torch.load(root / "full0.pt", weights_only=False),
+                resumed=[torch.load(root / f"resumed{r}.pt", weights_only=False) for r in (0, 1)])
 
-    resumed = run_distributed(_resume, world_size=2, root=tmp_path)
-    full = torch.load(tmp_path / "full0.pt", weights_only=False)
-    for r in resumed:
-        assert r["start"] == 2 and r["step"] == 6
+
+def test_save_killed_midway_then_resume_gives_identical_losses(runs):
+    for name in ("cut", "cut-parallel"):  # the pointer never moved; the step-4 save is debris
+        assert runs["killed"][name] == dict(latest="step_000002", tmp=True, final=False), name
+    full = runs["full"]
+    for r in runs["resumed"]:
+        assert r["start"] == 2 and r["step"] == 4
         assert r["losses"] == full["losses"][2:]  # bit-identical, not just close
     assert full["losses"][-1] < full["losses"][0]
+    ckpts = runs["root"] / "cut" / "checkpoints"
     assert not (ckpts / "step_000004.tmp").exists()  # the next save cleared the debris
-    assert (ckpts / "latest").read_text().strip() == "step_000006"
+    assert (ckpts / "latest").read_text().strip() == "step_000004"
+
+
+def test_parallel_optimizer_format_resumes_bit_for_bit(runs):
+    for r in runs["parallel"]:
+        assert r["meta"] == {"distrib_optim_sharding_type": "dp_reshardable"}
+        assert r["start"] == 2 and r["losses"] == runs["full"]["losses"][2:]

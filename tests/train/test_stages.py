@@ -1,7 +1,9 @@
 """S1 -> S2 -> S3 chained at TP=2 and at PP=2 (two processes over gloo, Megatron's 1F1B with
 micro-batches), each stage's trainable set checked parameter by parameter; the S1 overfit loss
 falls; the TP=2 checkpoint loads at TP=1 and at PP=2 with the same loss; a NaN loss stops the
-run with a clear message and keeps the last good checkpoint.
+run with a clear message and keeps the last good checkpoint; a run asks the method registry once
+(megatron_ext/training/trainer.py: the spec object reaches the preflight, the pipeline split, the
+model, the loader, the validation and the MFU estimate).
 
 All of it runs in one pair of processes (Megatron's groups are re-initialised per run): starting
 processes and importing Megatron costs more than the training itself on a small CPU."""
@@ -17,6 +19,28 @@ pytestmark = pytest.mark.multiproc
 
 S1_STEPS = 30
 GROUPS = {"s1": {"generator"}, "s2": {"generator", "vision"}, "s3": {"generator", "vision", "llm"}}
+
+
+class _CountingRegistry(dict):
+    def __init__(self, entries):
+        super().__init__(entries)
+        self.lookups = []
+
+    def __getitem__(self, name):
+        self.lookups.append(name)
+        return super().__getitem__(name)
+
+
+def _counting_lookups(run, cfg):
+    """run(cfg) with the method registry counting its lookups: (result, [names looked up])."""
+    from megatron_ext.methods import registry
+
+    plain = registry._REGISTRY
+    registry._REGISTRY = counting = _CountingRegistry(plain)
+    try:
+        return run(cfg, keep_model=True), counting.lookups
+    finally:
+        registry._REGISTRY = plain
 
 
 def _stage_overrides(root, layout, stage, steps, init_from=None):
@@ -48,7 +72,10 @@ def _worker(rank, root):
         plan = [("s1", S1_STEPS if layout == "tp2" else 4, None), ("s2", 3, "s1"), ("s3", 3, "s2")]
         for stage, steps, prev in plan:
             cfg = load_config(str(TINY_S1), _stage_overrides(root, layout, stage, steps, prev))
-            r = run(cfg, keep_model=True)
+            if (layout, stage) == ("pp2", "s1"):
+                r, out["pp2_lookups"] = _counting_lookups(run, cfg)
+            else:
+                r = run(cfg, keep_model=True)
             model = r.pop("model")
             groups = {n: g for g, ps_ in parameter_groups(model).items() for n, _ in ps_}
             r["groups"] = groups
@@ -167,6 +194,15 @@ def test_stages_chain_from_the_previous_checkpoint(results):
         assert abs(r2["losses"][0] - r1["losses"][-1]) < abs(r2["losses"][0] - r1["losses"][0])
         assert all(l == l for l in r3["losses"])
     assert (root / "tp2-s3" / "checkpoints" / "latest").is_file()
+
+
+def test_a_run_looks_its_method_up_once(results):
+    """PP=2 on two ranks: the pipeline split, the preflight, the model builder and the MFU estimate
+    all need the method, yet each rank asks the registry once."""
+    _, ranks = results
+    for out in ranks:
+        assert out[("pp2", "s1")]["step"] == 4
+        assert out["pp2_lookups"] == ["rose"]
 
 
 def test_overfitting_loss_falls(results):

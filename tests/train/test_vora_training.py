@@ -4,13 +4,10 @@ merged LLM + embedding, from S1's checkpoint), chained at TP=2 and at PP=2 (1F1B
 stage 0, block 3's targets sent to stage 1). Each stage's trainable set parameter by parameter,
 the teacher unchanged, the distillation loss falls, S2 starts from exactly S1's merged model, the
 TP=2 first-step losses equal TP=1's; and a real tokenizer's path: the Qwen2.5 tokenizer (its
-151,936-token vocabulary in a tiny preset), TP=2, S1 -> S2 -> `python -m megatron_ext.export` ->
+151,936-token vocabulary in a tiny preset), TP=2, S1 -> S2 -> the export CLI (megatron_ext.export) ->
 transformers loads it, equal logits, generate.
 
 One pair of processes runs every training (Megatron's groups are re-initialised per run)."""
-
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -212,15 +209,18 @@ def test_qwen_tokenizer_path_tp2_export_and_generate(results, tmp_path):
     from PIL import Image
     from transformers import AutoModelForCausalLM, AutoProcessor
 
+    from megatron_ext.export.cli import main as export_main
+
     root, ranks = results
     for stage in ("s1", "s2"):
         r = ranks[0][("main", stage)]
         assert len(r["losses"]) == 1 and np.isfinite(r["losses"][0]) and r["losses"][0] > 5, r["losses"]
     assert ranks[0][("main", "s1")]["distill_losses"][0] > 0
     out = tmp_path / "hf"
-    subprocess.run([sys.executable, "-m", "megatron_ext.export", "--checkpoint", str(root / "main-s2"),
-                    "--out", str(out), "--tokenizer", str(root / "qwen"),
-                    "--image-processor", str(root / MAIN_TEACHER)], check=True, cwd=ROOT)
+    # the CLI's main() in this process: tests/model/test_export_checkpoint.py runs `python -m
+    # megatron_ext.export` itself, and a Python start with Megatron's imports is ~9 core-s
+    export_main(["--checkpoint", str(root / "main-s2"), "--out", str(out), "--tokenizer", str(root / "qwen"),
+                 "--image-processor", str(root / MAIN_TEACHER)])
     model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32).eval()
     assert model.config.method == "vora"
     ids, pixels, _ = _probe(root)
