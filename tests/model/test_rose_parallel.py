@@ -56,12 +56,22 @@ def _tp_worker(rank):
     logits = model(batch["input_ids"], batch["position_ids"], None, batch["visual_features"])
     logits = gather_from_tensor_model_parallel_region(logits)  # vocab shards -> full vocab
     model(**batch).sum().backward()
-    q_grad = model.language_model.decoder.layers[1].self_attention.linear_qkv.parts.q.weight.grad
+    q_grad = model.language_model.decoder.layers[1].self_attention.linear_qkv.parts.q.weight.grad.clone()
     with torch.no_grad():  # what this rank's generator emits and factorises
         emitted = {k: t.shape for k, t in model.vrmg(batch["visual_features"], select=model._select).items()}
         rotations = model.rotations_for(batch["visual_features"])
-    return dict(ref=ref, logits=logits.detach(), grads=_vrmg_grads(model), tp_rank=tp_rank,
-                q_grad=q_grad.clone(), emitted=emitted, rotations=rotations)
+    grads = _vrmg_grads(model)
+    # the output layer on the loss's positions only (core/loss_positions.py) under TP's vocabulary shards
+    mask = torch.zeros(batch["labels"].shape)
+    mask[:, -3:] = 1.0
+    picked = {}
+    for pass_mask in (False, True):
+        model.zero_grad(set_to_none=True)
+        per_token = model(**batch, **({"loss_mask": mask} if pass_mask else {}))
+        (per_token * mask).sum().backward()
+        picked[pass_mask] = dict(per_token=per_token.detach(), grads=_vrmg_grads(model))
+    return dict(ref=ref, logits=logits.detach(), grads=grads, tp_rank=tp_rank,
+                q_grad=q_grad, emitted=emitted, rotations=rotations, mask=mask, loss_positions=picked)
 
 
 def test_tensor_parallel_2_equals_1(layouts):
@@ -138,6 +148,15 @@ def _pp_worker(rank):
     return dict(stage=parallel_state.get_pipeline_model_parallel_rank(), layers=layers,
                 equipped=model.equipped, ref_losses=ref_losses, losses=losses,
                 ref_grads=ref_grads, grads=_vrmg_grads(model))
+
+
+def test_loss_positions_only_equal_every_position_at_tensor_parallel_2(layouts):
+    for r in layouts["tp"]:
+        full, picked, keep = r["loss_positions"][False], r["loss_positions"][True], r["mask"].bool()
+        torch.testing.assert_close(picked["per_token"][keep], full["per_token"][keep], rtol=1e-5, atol=1e-6)
+        assert (picked["per_token"][~keep] == 0).all() and (full["per_token"][~keep] > 0).all()
+        for name, g in full["grads"].items():
+            torch.testing.assert_close(picked["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_pipeline_parallel_2_equals_1_through_1f1b(layouts):
