@@ -22,30 +22,27 @@ to the first token's logits. Per-token latency: the median gap between consecuti
 over --reps rounds after one warm-up round, the four variants timed in turn each round; ratios
 against the input-space baseline at the same number of visual tokens, measured in the same run.
 
-    python bench/bench_inference.py                     # tiny preset, CPU, ~1 min
-    python bench/bench_inference.py --preset small      # a 512-wide, 8-layer LLM
-    python bench/bench_inference.py --preset main --visual-tokens 25 100   # the main job's shape
+    python -m bench.bench_inference                     # tiny preset, CPU, ~1 min
+    python -m bench.bench_inference --preset small      # a 512-wide, 8-layer LLM
+    python -m bench.bench_inference --preset main --visual-tokens 25 100   # the main job's shape
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import statistics
 import tempfile
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench.common import device, load, machine, sync, table, time_fn  # noqa: E402
-from megatron_ext.core.vlm import VisionLanguageModel  # noqa: E402
-from megatron_ext.export.folder import export_model  # noqa: E402
-from megatron_ext.hf.vision_tower import VisionTower  # noqa: E402
-from megatron_ext.methods import build_model, resolve_preset  # noqa: E402
-from megatron_ext.parallel import init_parallel  # noqa: E402
+from bench.common import device, load, machine, sync, table, time_fn
+from megatron_ext.core.vlm import VisionLanguageModel
+from megatron_ext.export.folder import export_model
+from megatron_ext.hf.vision_tower import VisionTower
+from megatron_ext.methods import build_model, resolve_preset
+from megatron_ext.parallel import init_parallel
 
 PRESETS = {
     "tiny": "tiny",

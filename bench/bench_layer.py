@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench.common import device, interleaved, load, machine, table  # noqa: E402
-from megatron_ext.methods.rose import build_rose  # noqa: E402
-from megatron_ext.methods.rose.layout import fused_to_parts  # noqa: E402
-from megatron_ext.parallel import init_parallel  # noqa: E402
+from bench.common import device, interleaved, load, machine, table
+from megatron_ext.methods.rose import build_rose
+from megatron_ext.methods.rose.layout import fused_to_parts
+from megatron_ext.parallel import init_parallel
 
 SHAPES = {
     # Qwen2.5-7B decoder layer, the paper's 64 blocks, SigLIP2-so400m visual width

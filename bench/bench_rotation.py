@@ -24,14 +24,11 @@ bf16, for T of standard deviation 0.05 (near the identity, where training starts
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench.common import device, interleaved, load, machine, table  # noqa: E402
-from megatron_ext.methods.rose.rotation import (apply_rotation, block_cayley,  # noqa: E402
+from bench.common import device, interleaved, load, machine, table
+from megatron_ext.methods.rose.rotation import (apply_rotation, block_cayley,
                                                 cayley_transposed, num_skew_params, rotations_of,
                                                 skew_from_tril)
 
