@@ -40,12 +40,23 @@ class _Channels:
 
 
 _channels: dict = {}
+_made_under = None  # the pipeline group the channels were made under
+
+
+def _forget_stale_channels(pp) -> None:
+    """Initialising model parallelism again destroys every group but the world's (parallel.py):
+    channels made under the previous pipeline group are gone with it."""
+    global _made_under
+    if pp is not _made_under:
+        _channels.clear()
+        _made_under = pp
 
 
 def channels() -> _Channels:
     """This rank's pipeline group's feature channels. The first call is collective over all ranks,
     so make it at model construction, never inside a pipeline schedule."""
     pp = parallel_state.get_pipeline_model_parallel_group()
+    _forget_stale_channels(pp)
     key = tuple(dist.get_process_group_ranks(pp))
     if key not in _channels:
         everyone = [None] * dist.get_world_size()

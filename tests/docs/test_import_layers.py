@@ -91,6 +91,16 @@ def project_files() -> list[Path]:
     return [f for f in files if "__pycache__" not in f.parts]
 
 
+def parse(path: Path, source: str) -> ast.Module:
+    """ast.parse, once more on CPython 3.11's "AST constructor recursion depth mismatch": its AST
+    converter keeps one recursion counter for every thread (gh-106905), and a thread an earlier
+    test left in this worker (Ray's) can move it mid-parse. A second parse reads the same file."""
+    try:
+        return ast.parse(source, filename=str(path))
+    except SystemError:
+        return ast.parse(source, filename=str(path))
+
+
 def upward_imports(path: Path, source: str) -> list[str]:
     """'file:line (its layer) imports X (X's layer)' for each import of `source` (the text of the
     module at `path`) that reaches above the module's layer."""
@@ -99,7 +109,7 @@ def upward_imports(path: Path, source: str) -> list[str]:
     found = []
     if mine is None:  # test_every_project_module_has_a_layer names it
         return found
-    for line, target in imported_modules(ast.parse(source, filename=str(path)), module, path.name == "__init__.py"):
+    for line, target in imported_modules(parse(path, source), module, path.name == "__init__.py"):
         theirs = layer_of(target)
         if theirs is not None and RANK[theirs] > RANK[mine]:
             found.append(f"{path.relative_to(ROOT)}:{line} ({mine}) imports {target} ({theirs})")
@@ -123,7 +133,7 @@ def import_time_edges(files) -> dict[str, set]:
     edges = {}
     for path in files:
         module = module_name(path)
-        tree = ast.parse(path.read_text(), filename=str(path))
+        tree = parse(path, path.read_text())
         body = ast.Module(body=[n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef,
                                                                             ast.ClassDef))], type_ignores=[])
         targets = set()
