@@ -46,6 +46,28 @@ def wandb_run_id(run_dir: Path) -> str:
     return run_id
 
 
+def drop_steps_after(path: Path, step: int) -> int:
+    """A run resumed from the checkpoint of `step` trains the steps after it again: the killed
+    run's records of those steps (and a line cut off mid-write) go, so that metrics.jsonl holds each
+    step once, as the run the checkpoints continue trained it. Returns how many records went."""
+    if not path.exists():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record["step"] <= step:
+            kept.append(line)
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
 class Metrics:
     def __init__(self, run_dir: Path, cfg, total_steps: int, start_step: int, enabled: bool):
         self.enabled = enabled
@@ -54,7 +76,11 @@ class Metrics:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.file = open(run_dir / "metrics.jsonl", "a")  # a resumed run appends
+        path = run_dir / "metrics.jsonl"
+        dropped = drop_steps_after(path, start_step)
+        if dropped:
+            log.info("metrics: %d records after step %d dropped: this run trains those steps again", dropped, start_step)
+        self.file = open(path, "a")  # a resumed run appends
         if cfg.log.wandb:
             self._init_wandb(run_dir, cfg)
         if sys.stderr.isatty():

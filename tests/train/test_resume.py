@@ -9,6 +9,8 @@ A killed save ends its processes, so three spawns of two processes run it all: t
 run, then the run killed in the canonical format; its resume, then the run killed in the CUDA
 format; that one's resume."""
 
+import json
+
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -86,6 +88,10 @@ def test_save_killed_midway_then_resume_gives_identical_losses(runs):
         assert r["start"] == 2 and r["step"] == 4
         assert r["losses"] == full["losses"][2:]  # bit-identical, not just close
     assert full["losses"][-1] < full["losses"][0]
+    # the killed run logged steps 3 and 4; its resume trained them again: each step once, the resume's
+    lines = [json.loads(x) for x in (runs["root"] / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4]
+    assert [m["loss"] for m in lines[2:]] == pytest.approx(full["losses"][2:])
     ckpts = runs["root"] / "cut" / "checkpoints"
     assert not (ckpts / "step_000004.tmp").exists()  # the next save cleared the debris
     assert (ckpts / "latest").read_text().strip() == "step_000004"
