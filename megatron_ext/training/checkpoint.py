@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -26,6 +27,7 @@ from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
@@ -105,8 +107,19 @@ def _state(model, optimizer, scheduler, loader, step: int, is_loading: bool, ext
     return state
 
 
+def _results_in_process() -> None:
+    """Megatron's file writer hands its write results over a multiprocessing Manager's queue: a
+    process spawned at the first save that imports the whole training program again (4-8 s of CPU
+    and a process per rank and run). Only an asynchronous save, finished by
+    another process, needs that; this module's saves are synchronous, and the results come back
+    to the saving process itself, where a plain queue carries them."""
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = queue.Queue()
+
+
 def save(root: Path, step: int, model, optimizer, scheduler, loader, extra: dict,
          keep: int = 2, die_midway: bool = False) -> Path:
+    _results_in_process()
     root = Path(root)
     final, tmp = root / step_dir_name(step), root / f"{step_dir_name(step)}.tmp"
     if dist.get_rank() == 0:

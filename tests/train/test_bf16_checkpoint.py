@@ -11,6 +11,7 @@ are the saved ones bit for bit and whose step trains."""
 from __future__ import annotations
 
 import math
+import multiprocessing
 
 import pytest
 import torch
@@ -66,6 +67,7 @@ def test_bf16_run_saves_and_resumes_with_the_saved_parameters(case, assets, tmp_
     assert {p.dtype for n, p in model.named_parameters() if n in trainable} == {torch.bfloat16}
     saved = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert checkpoint.latest(run_dir).name == "step_000002"
+    assert not multiprocessing.active_children()  # the save's writers are gone; no Manager stays
 
     loaded = {}
     real_load = checkpoint.load
