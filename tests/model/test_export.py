@@ -110,6 +110,17 @@ def test_processor_and_generate_caption_an_image(exported):
     assert len(new) == 6
     assert len(calls) == 1  # the image is encoded once, at the first step, not per token
     assert isinstance(processor.decode(new, skip_special_tokens=True), str)
+    # generate() asks for the last position's logits only (the LM head on every prompt position
+    # was most of a short answer's cost); they equal the full forward's last row
+    head_rows = []
+    model.language_model.lm_head.register_forward_hook(lambda m, i, o: head_rows.append(o.shape[1]))
+    again = model.generate(**inputs, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    assert torch.equal(again, generated) and head_rows == [1] * 6
+    with torch.no_grad():
+        last = model(**inputs, logits_to_keep=1).logits
+        full = model(**inputs).logits
+    assert last.shape[1] == 1
+    torch.testing.assert_close(last[:, 0], full[:, -1], atol=1e-5, rtol=0)  # one row's GEMM vs many
     # the image is used at every step: a different image gives different greedy continuations or logits
     with torch.no_grad():
         a = model(**inputs).logits

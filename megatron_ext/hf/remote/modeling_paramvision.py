@@ -246,7 +246,11 @@ class ParamVisionForCausalLM(PreTrainedModel, GenerationMixin):
         return embeds, mask
 
     def forward(self, input_ids=None, attention_mask=None, pixel_values=None, labels=None,
-                past_key_values=None, cache_position=None, **kwargs):
+                past_key_values=None, cache_position=None, logits_to_keep=0, **kwargs):
+        # named, not left in kwargs: generate() passes logits_to_keep=1 only to a forward that
+        # names it, and without it the prefill ran the LM head (49k x 576 for SmolLM2) on every
+        # prompt position
+        kwargs["logits_to_keep"] = logits_to_keep
         first_step = _is_prefill(past_key_values, cache_position)
         if self.config.method == "llava":
             if pixel_values is not None and first_step:
