@@ -61,13 +61,14 @@ def test_bf16_run_saves_and_resumes_with_the_saved_parameters(case, assets, tmp_
     overrides = ["train.dtype=bf16", "optim.warmup_steps=1", "checkpoint.every=2",
                  *(o.format(assets=assets) for o in extra)]
     run_dir = tmp_path / "run"
+    children = set(multiprocessing.active_children())  # a direct Megatron save elsewhere may leave one
     first = run(tiny_cfg(run_dir, "train.steps=2", *overrides, config=config), keep_model=True)
     model = first["model"]
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {p.dtype for n, p in model.named_parameters() if n in trainable} == {torch.bfloat16}
     saved = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert checkpoint.latest(run_dir).name == "step_000002"
-    assert not multiprocessing.active_children()  # the save's writers are gone; no Manager stays
+    assert set(multiprocessing.active_children()) <= children  # the save's writers are gone; no Manager stays
 
     loaded = {}
     real_load = checkpoint.load

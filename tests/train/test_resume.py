@@ -1,12 +1,12 @@
 """Kill and resume (CPU, DP=2: each rank's loader position, the distributed optimizer's shards, the
 LR schedule, RNG): a run killed in the middle of a checkpoint save resumes from the previous,
 undamaged checkpoint and reproduces the uninterrupted run's losses bit for bit. In both formats of
-the optimizer state: the canonical one a CPU run writes, and the one a CUDA run writes (each DP rank
-its own distributed-optimizer shard, Megatron's fully parallel save strategy), which the checkpoint
-records.
+the optimizer state a checkpoint can hold, which it records: the per-rank one every run writes
+(each DP rank its own distributed-optimizer shard, Megatron's fully parallel save strategy), and
+the one gathered onto DP rank 0 that earlier CPU runs wrote.
 
 A killed save ends its processes, so three spawns of two processes run it all: the uninterrupted
-run, then the run killed in the canonical format; its resume, then the run killed in the CUDA
+run, then the run killed in the per-rank format; its resume, then a run killed in the gathered
 format; that one's resume."""
 
 import json
@@ -32,10 +32,11 @@ def _run(root, name, *extra):
     return run(load_config(str(TINY_S1), STEPS + [f"log.run_dir={root / name}", *extra]))
 
 
-def _parallel_format():
+def _gathered_format():
     from megatron_ext.training import checkpoint
 
-    checkpoint._parallel_save = lambda: True  # what torch.cuda.is_available() chooses on a GPU node
+    # the optimizer state gathered onto DP rank 0 (checkpoints written before the per-rank format)
+    checkpoint.optimizer_format = lambda: dict(checkpoint.GATHERED_OPTIM_METADATA)
 
 
 def _full_then_killed(rank, root):
@@ -43,18 +44,17 @@ def _full_then_killed(rank, root):
     _run(root, "cut", KILLED)
 
 
-def _resume_then_killed_in_parallel_format(rank, root):
+def _resume_then_killed_in_gathered_format(rank, root):
     torch.save(_run(root, "cut"), root / f"resumed{rank}.pt")
-    _parallel_format()
-    _run(root, "cut-parallel", KILLED)
+    _gathered_format()
+    _run(root, "cut-gathered", KILLED)
 
 
-def _resume_parallel_format(rank, root):
+def _resume_gathered_format(rank, root):
     from megatron.core import dist_checkpointing
 
-    _parallel_format()
-    meta = dist_checkpointing.load_content_metadata(str(root / "cut-parallel" / "checkpoints" / "step_000002"))
-    r = _run(root, "cut-parallel")
+    meta = dist_checkpointing.load_content_metadata(str(root / "cut-gathered" / "checkpoints" / "step_000002"))
+    r = _run(root, "cut-gathered")  # the load reads the format the checkpoint records
     return dict(losses=r["losses"], start=r["start"], meta=meta)
 
 
@@ -72,16 +72,16 @@ def runs(tmp_path_factory):
         run_distributed(_full_then_killed, world_size=2, root=root)
     killed["cut"] = _killed_state(root / "cut" / "checkpoints")
     with pytest.raises(mp.ProcessExitedException):
-        run_distributed(_resume_then_killed_in_parallel_format, world_size=2, root=root)
-    killed["cut-parallel"] = _killed_state(root / "cut-parallel" / "checkpoints")
-    parallel = run_distributed(_resume_parallel_format, world_size=2, root=root)
-    return dict(root=root, killed=killed, parallel=parallel,
+        run_distributed(_resume_then_killed_in_gathered_format, world_size=2, root=root)
+    killed["cut-gathered"] = _killed_state(root / "cut-gathered" / "checkpoints")
+    gathered = run_distributed(_resume_gathered_format, world_size=2, root=root)
+    return dict(root=root, killed=killed, gathered=gathered,
                 full=torch.load(root / "full0.pt", weights_only=False),
                 resumed=[torch.load(root / f"resumed{r}.pt", weights_only=False) for r in (0, 1)])
 
 
 def test_save_killed_midway_then_resume_gives_identical_losses(runs):
-    for name in ("cut", "cut-parallel"):  # the pointer never moved; the step-4 save is debris
+    for name in ("cut", "cut-gathered"):  # the pointer never moved; the step-4 save is debris
         assert runs["killed"][name] == dict(latest="step_000002", tmp=True, final=False), name
     full = runs["full"]
     for r in runs["resumed"]:
@@ -95,9 +95,13 @@ def test_save_killed_midway_then_resume_gives_identical_losses(runs):
     ckpts = runs["root"] / "cut" / "checkpoints"
     assert not (ckpts / "step_000004.tmp").exists()  # the next save cleared the debris
     assert (ckpts / "latest").read_text().strip() == "step_000004"
+    from megatron.core import dist_checkpointing
+    assert dist_checkpointing.load_content_metadata(str(ckpts / "step_000004")) == {
+        "distrib_optim_sharding_type": "dp_reshardable"}  # each DP rank wrote its own shard
 
 
-def test_parallel_optimizer_format_resumes_bit_for_bit(runs):
-    for r in runs["parallel"]:
-        assert r["meta"] == {"distrib_optim_sharding_type": "dp_reshardable"}
+def test_a_checkpoint_in_the_gathered_optimizer_format_resumes_bit_for_bit(runs):
+    for r in runs["gathered"]:
+        assert r["meta"] == {"distrib_optim_sharding_type": "fully_reshardable",
+                             "distrib_optim_fully_reshardable_mem_efficient": True}
         assert r["start"] == 2 and r["losses"] == runs["full"]["losses"][2:]
