@@ -4,6 +4,7 @@ stays at chance")
 
     python -m bench.yes_no_text probe runs/main/assets/smollm2-135m-instruct
     python -m bench.yes_no_text train runs/main/assets/smollm2-135m-instruct --steps 200 --lr 3e-5
+    python -m bench.yes_no_text train runs/main/assets/smollm2-135m-instruct --steps 200 --describe codes
 
 probe  the test split's first 150 images: each yes/no question asked with the image's alt-text in
        the prompt ("The image shows a red circle. Is there a red shape? Answer yes or no.") and
@@ -11,6 +12,10 @@ probe  the test split's first 150 images: each yes/no question asked with the im
 train  the whole LLM fine-tuned on the yes/no pairs of the first 600 TRAIN images (the image as its
        alt-text, yes/no balanced per question template, batch 16, AdamW, the loss on the answer
        token), scored on the first 100 TEST images' yes/no pairs at steps 0, 25, 50, 100, 200, 400.
+       --describe codes: the alt-text's colour and shape words replaced by codes ("a tone-3 form-1"),
+       one per word, the same for every image: the attribute is in the context, but not as the word
+       the question names, as with an image (is the fast learning of the words the LLM matching a
+       question word with the same word in its context?).
 Scores: accuracy and balanced accuracy per question template (bench.sweep_eval.per_kind).
 """
 
@@ -85,12 +90,20 @@ def balanced(examples: list) -> list:
     return out
 
 
-def train(llm: str, steps: int, lr: float, batch: int = 16) -> None:
+def coded(description: str) -> str:
+    """'a red triangle' -> 'a tone-3 form-2': each colour and shape word by a fixed code."""
+    codes = {w: f"tone-{i}" for i, w in enumerate(easyvqa.colours())}
+    codes.update({w: f"form-{i}" for i, w in enumerate(easyvqa.SHAPES)})
+    return " ".join(codes.get(w, w) for w in description.split())
+
+
+def train(llm: str, steps: int, lr: float, batch: int = 16, describe: str = "words") -> None:
     torch.manual_seed(0)
     random.seed(0)
     ranker = YesNoRanker(llm)
     model, pad = ranker.model, ranker.tok.pad_token_id or 0
-    text = lambda pairs: [(ranker.ids(f"The image shows {d}. {q}"), a, q) for d, q, a in pairs]  # noqa: E731
+    show = coded if describe == "codes" else (lambda d: d)
+    text = lambda pairs: [(ranker.ids(f"The image shows {show(d)}. {q}"), a, q) for d, q, a in pairs]  # noqa: E731
     examples = balanced(text(yes_no_pairs("train", 600)))
     test = text(yes_no_pairs("test", 100))
 
@@ -125,8 +138,10 @@ def main(argv=None) -> None:
     ap.add_argument("llm", help="a Hugging Face LLM folder (the main job's: runs/main/assets/smollm2-135m-instruct)")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--describe", choices=("words", "codes"), default="words",
+                    help="train: the image's alt-text as it is, or its colour and shape words as codes")
     args = ap.parse_args(argv)
-    probe(args.llm) if args.mode == "probe" else train(args.llm, args.steps, args.lr)
+    probe(args.llm) if args.mode == "probe" else train(args.llm, args.steps, args.lr, describe=args.describe)
 
 
 if __name__ == "__main__":
