@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import random
 import time
 
@@ -90,11 +91,15 @@ def balanced(examples: list) -> list:
     return out
 
 
+@functools.cache
+def _codes() -> dict:
+    return {**{w: f"tone-{i}" for i, w in enumerate(easyvqa.colours())},
+            **{w: f"form-{i}" for i, w in enumerate(easyvqa.SHAPES)}}
+
+
 def coded(description: str) -> str:
     """'a red triangle' -> 'a tone-3 form-2': each colour and shape word by a fixed code."""
-    codes = {w: f"tone-{i}" for i, w in enumerate(easyvqa.colours())}
-    codes.update({w: f"form-{i}" for i, w in enumerate(easyvqa.SHAPES)})
-    return " ".join(codes.get(w, w) for w in description.split())
+    return " ".join(_codes().get(w, w) for w in description.split())
 
 
 def train(llm: str, steps: int, lr: float, batch: int = 16, describe: str = "words") -> None:

@@ -19,8 +19,7 @@ import torch.multiprocessing as mp
 # what every multi-process test's workers import; a module missing here is imported per process
 PRELOAD = ["torch", "megatron.core", "megatron_ext.parallel", "megatron_ext.core.specs",
            "megatron_ext.training.trainer", "transformers"]
-_CONTEXT = mp.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(PRELOAD)
+mp.get_context("forkserver").set_forkserver_preload(PRELOAD)
 
 
 def _free_port() -> int:
